@@ -1,0 +1,69 @@
+"""The FastAPI application: thin layer over Temporal and the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from temporalio.client import Client
+
+from api import problems
+from api.routes import codec, health
+from infra.config import LifelineConfig, get_config
+from infra.crypto import Cipher, EncryptionCodec, data_converter
+from infra.db import create_pool
+from infra.settings import Settings, get_settings
+
+log = logging.getLogger("lifeline.api")
+
+
+def temporal_connector(settings: Settings, cipher: Cipher) -> Callable[[], Awaitable[Client]]:
+    """Connect on first use and keep the client; the API starts (and reports not-ready) without Temporal."""
+    lock = asyncio.Lock()
+    holder: list[Client] = []
+
+    async def get() -> Client:
+        if holder:
+            return holder[0]
+        async with lock:
+            if not holder:
+                holder.append(await Client.connect(
+                    settings.temporal_address, namespace=settings.temporal_namespace,
+                    data_converter=data_converter(cipher)))
+        return holder[0]
+
+    return get
+
+
+def create_app(settings: Settings | None = None, config: LifelineConfig | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    config = config or get_config()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # min_size=0: the API starts even when PostgreSQL is down and /readyz says so.
+        app.state.pool = await create_pool(settings.database_url, min_size=0,
+                                           max_size=settings.database_pool_max)
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    app = FastAPI(title="Lifeline", version="0.1.0", lifespan=lifespan,
+                  description="Self-healing HL7 v2 integration engine on Temporal")
+    app.state.settings = settings
+    app.state.config = config
+    app.state.cipher = Cipher(settings.codec_key_id, settings.key("codec_key"))
+    app.state.codec = EncryptionCodec(app.state.cipher)
+    app.state.store_cipher = Cipher(settings.store_key_id, settings.key("store_key"))
+    app.state.temporal = temporal_connector(settings, app.state.cipher)
+    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
+                       allow_methods=["*"], allow_headers=["*"])
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(codec.router)
+    return app

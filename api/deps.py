@@ -1,0 +1,91 @@
+"""Dependency aliases: resources built once in the lifespan, the caller's identity, role guards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from temporalio.client import Client
+
+from api.auth import AuthError, Principal, hash_api_key, verify_token
+from api.problems import Problem
+from infra.config import LifelineConfig
+from infra.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="JWT with `org` and `roles` claims")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key of an EHR sender")
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
+def get_config(request: Request) -> LifelineConfig:
+    config: LifelineConfig = request.app.state.config
+    return config
+
+
+async def get_temporal(request: Request) -> Client:
+    client: Client = await request.app.state.temporal()
+    return client
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+ConfigDep = Annotated[LifelineConfig, Depends(get_config)]
+TemporalDep = Annotated[Client, Depends(get_temporal)]
+
+
+async def current_principal(
+    request: Request,
+    settings: SettingsDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> Principal:
+    unauthorized = {"WWW-Authenticate": "Bearer"}
+    if bearer is not None:
+        try:
+            return verify_token(settings.jwt_secret.get_secret_value(), bearer.credentials,
+                                settings.jwt_issuer)
+        except AuthError as exc:
+            raise Problem(401, str(exc), headers=unauthorized) from None
+    if api_key:
+        pool: asyncpg.Pool = request.app.state.pool
+        row = await pool.fetchrow(
+            "select name, org_id, role from api_keys where key_hash = $1 and revoked_at is null",
+            hash_api_key(api_key),
+        )
+        if row is None:
+            raise Problem(401, "unknown or revoked API key", headers=unauthorized)
+        return Principal(f"apikey:{row['name']}", row["org_id"], (row["role"],))
+    raise Problem(401, "authentication required: send 'Authorization: Bearer <token>' or 'X-API-Key'",
+                  headers=unauthorized)
+
+
+CurrentUser = Annotated[Principal, Depends(current_principal)]
+
+
+def require(role: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
+    """A dependency that admits principals whose roles grant `role`."""
+
+    async def _guard(user: CurrentUser) -> Principal:
+        if not user.satisfies(role):
+            raise Problem(403, f"role '{role}' required", required_role=role)
+        return user
+
+    _guard.__name__ = f"require_{role}"
+    return _guard
+
+
+def guarded(role: str) -> dict[str, Any]:
+    """Route keyword arguments: the guard plus the declared role in the OpenAPI document."""
+    return {"dependencies": [Depends(require(role))], "openapi_extra": {"x-required-role": role}}

@@ -1,0 +1,311 @@
+"""Channel configuration (lifeline.yaml): models, loading, and errors that name file, key path and reason."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from interop.errors import PathError
+from interop.message import parse_path
+
+EXAMPLE_CONFIG = Path(__file__).with_name("lifeline.example.yaml")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; str() is one line per problem: file: key path: reason."""
+
+    def __init__(self, file: str, problems: list[tuple[str, str]]) -> None:
+        self.file = file
+        self.problems = problems
+        super().__init__("\n".join(f"{file}: {path or '<top>'}: {reason}" for path, reason in problems))
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'500ms', '1s', '5m', '1h', '2d' or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '1s', '5m' or '1h'")
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration such as '1s', '5m' or '1h'")
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(pattern=_NAME)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tls(_Model):
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # when set, clients must present a certificate signed by it
+
+
+class MllpIn(_Model):
+    host: str = "0.0.0.0"
+    port: Port
+    tls: Tls | None = None
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    idle_timeout: Duration = timedelta(minutes=10)
+    max_connections: int = Field(default=2000, ge=1)
+
+
+def _hl7_path(value: str) -> str:
+    try:
+        parse_path(value)
+    except PathError as exc:
+        raise ValueError(str(exc)) from exc
+    return value
+
+
+Hl7Path = Annotated[str, BeforeValidator(_hl7_path)]
+
+
+class RouteWhen(_Model):
+    message_type: list[str] = Field(default_factory=lambda: ["*"])
+    sending_application: list[str] | None = None
+    sending_facility: list[str] | None = None
+    fields: dict[Hl7Path, str | list[str]] = Field(default_factory=dict)
+
+    @field_validator("message_type", "sending_application", "sending_facility", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class Route(_Model):
+    to: Name
+    when: RouteWhen = RouteWhen()
+
+
+class Channel(_Model):
+    name: Name
+    org: Name = "default"
+    mllp: MllpIn | None = None
+    validation: Literal["tolerant", "strict"] = "tolerant"
+    routes: list[Route] = Field(default_factory=list)
+
+
+class MllpOut(_Model):
+    host: str
+    port: Port
+    ack_timeout: Duration = timedelta(seconds=30)
+    connect_timeout: Duration = timedelta(seconds=10)
+    tls: bool = False
+    rewrite_receiving_application: str | None = None  # MSH-5
+    rewrite_receiving_facility: str | None = None  # MSH-6
+
+
+class FhirOut(_Model):
+    base_url: Annotated[str, Field(pattern=r"^https?://")]
+    bearer_token_env: str | None = None  # name of an environment variable holding the token
+    timeout: Duration = timedelta(seconds=30)
+
+
+class WebhookOut(_Model):
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    secret: str = Field(min_length=16)
+    timeout: Duration = timedelta(seconds=30)
+
+
+class KeyOrdering(_Model):
+    key: Hl7Path
+
+
+Ordering = Literal["none", "destination"] | KeyOrdering
+
+
+class Retry(_Model):
+    initial_interval: Duration = timedelta(seconds=1)
+    backoff: float = Field(default=2.0, ge=1.0)
+    maximum_interval: Duration = timedelta(minutes=5)
+    maximum_attempts: int = Field(default=20, ge=1)
+
+
+class Destination(_Model):
+    name: Name
+    org: Name = "default"
+    mllp: MllpOut | None = None
+    fhir: FhirOut | None = None
+    webhook: WebhookOut | None = None
+    ordering: Ordering = "none"
+    on_dead_letter: Literal["block", "skip"] = "block"
+    retry: Retry = Retry()
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Destination:
+        kinds = [k for k in ("mllp", "fhir", "webhook") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a destination needs exactly one of mllp, fhir or webhook")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "mllp" if self.mllp else "fhir" if self.fhir else "webhook"
+
+    @property
+    def lane_key_path(self) -> str | None:
+        return self.ordering.key if isinstance(self.ordering, KeyOrdering) else None
+
+    @property
+    def ordered(self) -> bool:
+        return self.ordering != "none"
+
+
+class Remediation(_Model):
+    mode: Literal["manual", "semi-auto", "full-auto"] = "semi-auto"
+    approval_timeout: Duration = timedelta(hours=1)
+
+
+class LifelineConfig(_Model):
+    channels: list[Channel] = Field(default_factory=list)
+    destinations: list[Destination] = Field(default_factory=list)
+    remediation: Remediation = Remediation()
+
+    @model_validator(mode="after")
+    def _references(self) -> LifelineConfig:
+        problems: list[tuple[str, str]] = []
+        seen: dict[str, int] = {}
+        for i, ch in enumerate(self.channels):
+            if ch.name in seen:
+                problems.append((f"channels[{i}].name", f"duplicate channel name {ch.name!r}"))
+            seen[ch.name] = i
+        dest_names: dict[str, int] = {}
+        for i, d in enumerate(self.destinations):
+            if d.name in dest_names:
+                problems.append((f"destinations[{i}].name", f"duplicate destination name {d.name!r}"))
+            dest_names[d.name] = i
+        ports: dict[int, str] = {}
+        for i, ch in enumerate(self.channels):
+            if ch.mllp:
+                if ch.mllp.port in ports:
+                    problems.append((f"channels[{i}].mllp.port",
+                                     f"port {ch.mllp.port} is also used by channel {ports[ch.mllp.port]!r}"))
+                ports[ch.mllp.port] = ch.name
+            for j, r in enumerate(ch.routes):
+                if r.to not in dest_names:
+                    problems.append((f"channels[{i}].routes[{j}].to", f"no destination named {r.to!r}"))
+                elif self.destinations[dest_names[r.to]].org != ch.org:
+                    problems.append((f"channels[{i}].routes[{j}].to",
+                                     f"destination {r.to!r} belongs to another org"))
+        if problems:
+            # Raised as ValueError so pydantic reports it; load() turns the text back into key paths.
+            raise ValueError("\n".join(f"{p}\t{r}" for p, r in problems))
+        return self
+
+    def channel(self, name: str) -> Channel | None:
+        return next((c for c in self.channels if c.name == name), None)
+
+    def destination(self, name: str) -> Destination | None:
+        return next((d for d in self.destinations if d.name == name), None)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after[_one_kind()]",) or "[" in str(part) or str(part).startswith(
+            ("literal[", "function-")
+        ):
+            continue  # pydantic's internal union/validator labels are not key paths
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def validate_config(data: Any, file: str) -> LifelineConfig:
+    """Validate a parsed YAML document; raise ConfigError naming key paths."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(file, [("", "the top level must be a mapping with channels and destinations")])
+    try:
+        return LifelineConfig.model_validate(data)
+    except ValidationError as exc:
+        problems: list[tuple[str, str]] = []
+        for err in exc.errors():
+            msg = str(err.get("msg", ""))
+            if "\t" in msg:  # cross-reference problems from _references
+                for line in msg.removeprefix("Value error, ").split("\n"):
+                    path, reason = line.split("\t", 1)
+                    problems.append((path, reason))
+                continue
+            reason = msg.removeprefix("Value error, ")
+            path = _loc(tuple(err["loc"]))
+            if (path, reason) not in problems:
+                problems.append((path, reason))
+        raise ConfigError(file, _dedupe_union_noise(problems)) from None
+
+
+def _dedupe_union_noise(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    # A bad `ordering` reports once per union member; keep one clear line for it.
+    out: list[tuple[str, str]] = []
+    for path, reason in problems:
+        if path.endswith(".ordering") or ".ordering." in path:
+            path = path.split(".ordering")[0] + ".ordering"
+            reason = "must be 'none', 'destination' or {key: <HL7 path such as PID-3.1>}"
+            if (path, reason) in out:
+                continue
+        out.append((path, reason))
+    return out
+
+
+def config_path() -> Path:
+    """LIFELINE_CONFIG, else ./lifeline.yaml, else the shipped example."""
+    env = os.environ.get("LIFELINE_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("lifeline.yaml")
+    return local if local.exists() else EXAMPLE_CONFIG
+
+
+def load_config(path: Path | str | None = None) -> LifelineConfig:
+    """Read and validate a configuration file."""
+    p = Path(path) if path is not None else config_path()
+    file = str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(file, [("", "file not found")]) from None
+    except OSError as exc:
+        raise ConfigError(file, [("", f"cannot read: {exc.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(file, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    return validate_config(data, file)
+
+
+@lru_cache(maxsize=1)
+def get_config() -> LifelineConfig:
+    """The process-wide configuration, loaded once."""
+    return load_config()

@@ -1,0 +1,95 @@
+"""Process settings from the environment (LIFELINE_*); one Settings, built by a cached factory."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "dev", "development"})
+
+
+def decode_key(value: str, name: str) -> bytes:
+    """A 256-bit key given as base64 (standard or urlsafe)."""
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"{name} is not base64") from exc
+    if len(raw) != 32:
+        raise ValueError(f"{name} must decode to 32 bytes (AES-256), got {len(raw)}")
+    return raw
+
+
+class Settings(BaseSettings):
+    """Everything a Lifeline process reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="LIFELINE_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path(".lifeline")
+    config: Path | None = Field(default=None, description="channel configuration file (lifeline.yaml)")
+
+    database_url: str = "postgresql://lifeline@127.0.0.1:55432/lifeline"
+    database_pool_min: int = 2
+    database_pool_max: int = 10
+
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    temporal_ui_url: str = "http://localhost:8233"
+    task_queue: str = "lifeline"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_url: str = "http://localhost:8000"
+    cors_origins: list[str] = Field(default_factory=lambda: ["http://localhost:8233"])
+
+    jwt_secret: SecretStr = SecretStr("")
+    jwt_issuer: str = "lifeline"
+    # AES-256-GCM keys (base64). Store key encrypts raw messages at rest; codec key encrypts Temporal payloads.
+    store_key: SecretStr = SecretStr("")
+    store_key_id: str = "k1"
+    codec_key: SecretStr = SecretStr("")
+    codec_key_id: str = "k1"
+
+    dispatcher_sweep_seconds: float = 5.0
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, v: str) -> str:
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _secrets(self) -> Settings:
+        for name in ("jwt_secret", "store_key", "codec_key"):
+            value: SecretStr = getattr(self, name)
+            secret = value.get_secret_value()
+            if secret.lower() in PLACEHOLDER_SECRETS:
+                if self.environment == "production":
+                    raise ValueError(f"LIFELINE_{name.upper()} must be set to a real secret in production")
+                continue
+            if name != "jwt_secret":
+                decode_key(secret, f"LIFELINE_{name.upper()}")
+            elif len(secret) < 32:
+                raise ValueError("LIFELINE_JWT_SECRET must be at least 32 characters")
+        return self
+
+    def key(self, name: Literal["store_key", "codec_key"]) -> bytes:
+        """The decoded AES key; raises when it was never configured."""
+        secret = getattr(self, name).get_secret_value()
+        if secret.lower() in PLACEHOLDER_SECRETS:
+            raise RuntimeError(f"LIFELINE_{name.upper()} is not set (lifeline up generates one for development)")
+        return decode_key(secret, f"LIFELINE_{name.upper()}")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,178 @@
+"""The `lifeline` command: the embedded stack (`up`) and each production process on its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from infra.config import ConfigError, LifelineConfig, load_config
+from infra.devstack import StackError
+from infra.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "config", None):
+        overrides["config"] = args.config
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = args.data_dir
+    return Settings(**overrides)
+
+
+def _config(settings: Settings) -> LifelineConfig:
+    return load_config(settings.config)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import os
+
+    from workers.up import DEFAULT_PG_PORT, PG_PORT_ENV, Supervisor
+
+    settings = _settings(args)
+    config = _config(settings)
+    sup = Supervisor(settings, config, temporal_port=args.temporal_port, ui_port=args.ui_port,
+                     pg_port=int(os.environ.get(PG_PORT_ENV, DEFAULT_PG_PORT)))
+    return sup.run()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from infra.db import migrate
+
+    settings = _settings(args)
+    applied = asyncio.run(migrate(settings.database_url))
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.worker import run_worker
+
+    settings = _settings(args)
+    asyncio.run(run_worker(settings, _config(settings)))
+    return 0
+
+
+def cmd_dispatcher(args: argparse.Namespace) -> int:
+    from workers.dispatcher import run_dispatcher
+
+    settings = _settings(args)
+    asyncio.run(run_dispatcher(settings, _config(settings)))
+    return 0
+
+
+def cmd_listener(args: argparse.Namespace) -> int:
+    from workers.listener import run_listeners
+
+    settings = _settings(args)
+    asyncio.run(run_listeners(settings, _config(settings), only=args.channel))
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = _settings(args)
+    app = create_app(settings, _config(settings))
+    uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port,
+                log_level=settings.log_level.lower(), access_log=False)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from api.auth import mint_token
+
+    settings = _settings(args)
+    secret = settings.jwt_secret.get_secret_value()
+    if not secret:
+        from workers.up import load_or_create_secrets
+
+        secret = load_or_create_secrets(settings.data_dir.resolve())["LIFELINE_JWT_SECRET"]
+    print(mint_token(secret, subject=args.subject, org=args.org, roles=args.role,
+                     ttl_seconds=int(args.ttl_hours * 3600)))
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    cfg = _config(settings)
+    print(f"ok: {len(cfg.channels)} channel(s), {len(cfg.destinations)} destination(s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lifeline", description="Self-healing HL7 v2 integration engine")
+    parser.add_argument("--config", type=Path, help="channel configuration file (default ./lifeline.yaml)")
+    parser.add_argument("--data-dir", type=Path, help="where the embedded stack keeps its data (.lifeline)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    up = add("up", cmd_up, "start the embedded stack: Temporal, PostgreSQL, worker, dispatcher, API, listeners")
+    up.add_argument("--temporal-port", type=int, default=7233)
+    up.add_argument("--ui-port", type=int, default=8233)
+    add("worker", cmd_worker, "run a Temporal worker (workflows and activities)")
+    add("dispatcher", cmd_dispatcher, "run the outbox dispatcher that starts delivery workflows")
+    lis = add("listener", cmd_listener, "run the MLLP listeners of the configured channels")
+    lis.add_argument("--channel", action="append", help="only this channel (repeatable)")
+    api = add("api", cmd_api, "run the REST API (uvicorn)")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    add("migrate", cmd_migrate, "apply pending database migrations")
+    tok = add("token", cmd_token, "mint a bearer token (development and automation)")
+    tok.add_argument("--role", action="append", required=True,
+                     choices=["admin", "operator", "oncall", "auditor", "viewer", "sender"])
+    tok.add_argument("--org", default="default")
+    tok.add_argument("--subject", default="cli")
+    tok.add_argument("--ttl-hours", type=float, default=12)
+    add("config-check", cmd_config_check, "validate the configuration file and exit")
+    extra = _extra_commands()
+    for name, (func, help_, configure) in extra.items():
+        configure(add(name, func, help_))
+    return parser
+
+
+def _extra_commands() -> dict[str, tuple[Callable[[argparse.Namespace], int], str,
+                                          Callable[[argparse.ArgumentParser], None]]]:
+    """Commands contributed by other modules (send, demo, ...)."""
+    from workers import tools
+
+    return tools.COMMANDS
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", module="platformdirs")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        print(f"lifeline: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        print(f"lifeline: settings error: LIFELINE_{where.upper()}: {first['msg']}", file=sys.stderr)
+        return 2
+    except StackError as exc:
+        print(f"lifeline: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
