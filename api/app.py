@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from temporalio.client import Client
 
 from api import problems
-from api.routes import codec, health
+from api.routes import channels, codec, dead_letters, health, messages
 from infra.config import LifelineConfig, get_config
 from infra.crypto import Cipher, EncryptionCodec, data_converter
 from infra.db import create_pool
@@ -66,4 +66,7 @@ def create_app(settings: Settings | None = None, config: LifelineConfig | None =
     problems.install(app)
     app.include_router(health.router)
     app.include_router(codec.router)
+    app.include_router(channels.router)
+    app.include_router(messages.router)
+    app.include_router(dead_letters.router)
     return app

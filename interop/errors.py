@@ -60,3 +60,21 @@ class FramingError(InteropError):
 
 class MappingError(InteropError):
     """A message cannot be mapped to the requested target (FHIR, another version)."""
+
+
+class FrameTooLarge(FramingError):
+    """An MLLP frame exceeded the decoder's maximum size; the decoder resynchronises at the next start block."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"MLLP frame of at least {size} bytes exceeds the maximum of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class GenerationError(InteropError):
+    """A message description cannot be turned into HL7 (the field path names the culprit)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason

@@ -413,7 +413,8 @@ class Batch:
         """Message count stated in BTS-1, when present and numeric."""
         bts = self.header("BTS")
         value = bts.get(1) if bts else ""
-        return int(value) if value.isdigit() else None
+        # isdigit() accepts "²", which int() rejects.
+        return int(value) if value.isascii() and value.isdigit() else None
 
 
 def is_batch(text: str) -> bool:

@@ -66,6 +66,12 @@ class DeliveryInput:
     channel: str = ""
     message_type: str = ""
     replay: int = 0  # 0 for the first delivery; n for the n-th replay of a dead letter
+    # The destination's retry policy and attempt timeout, resolved from config by the dispatcher.
+    initial_interval_s: float = 1.0
+    backoff: float = 2.0
+    maximum_interval_s: float = 300.0
+    maximum_attempts: int = 20
+    attempt_timeout_s: float = 60.0
 
 
 @dataclass
@@ -106,6 +112,26 @@ class ReplayInput:
     org_id: str
     dead_letter_ids: list[int] = field(default_factory=list)
     requested_by: str = ""
+
+
+@dataclass
+class PrepareReplayInput:
+    org_id: str
+    dead_letter_ids: list[int]
+    replay_workflow_id: str
+    requested_by: str = ""
+
+
+@dataclass
+class ReplayItem:
+    workflow_id: str
+    delivery: DeliveryInput
+    lane: str | None = None  # None: unordered, may run beside anything
+
+
+@dataclass
+class PrepareReplayResult:
+    items: list[ReplayItem] = field(default_factory=list)
 
 
 @dataclass

@@ -1,0 +1,234 @@
+"""The delivery activities: one `deliver` per attempt (load, render, send, record) and `dead_letter`.
+
+The happy path is a single activity per (message, destination): every extra activity or round trip
+per message costs throughput on a one-shard Temporal server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import asyncpg
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.http import HttpSendError, send_fhir, send_webhook
+from activities.mllp import MllpSender, SendError
+from activities.store import OUTBOX_CHANNEL
+from infra.config import Destination, LifelineConfig
+from infra.crypto import Cipher
+from interop.errors import InteropError
+from interop.message import Message, parse
+from workflows.contract import (
+    ERR_DESTINATION_UNKNOWN,
+    ERR_MESSAGE_NOT_FOUND,
+    ERR_PERMANENT_REJECT,
+    ERR_RENDER_FAILED,
+    DeadLetterInput,
+    DeliverActivityInput,
+    DeliverActivityResult,
+    DeliveryInput,
+    PrepareReplayInput,
+    PrepareReplayResult,
+    ReplayItem,
+    replay_delivery_workflow_id,
+)
+
+log = logging.getLogger("lifeline.delivery")
+
+_LOAD = """
+select m.key_id, m.body_enc, m.channel, m.received_at, d.lane
+from messages m join deliveries d on d.message_id = m.id and d.destination = $2
+where m.id = $1 and m.org_id = $3
+"""
+
+_RECORD_SUCCESS = """
+with a as (
+    insert into delivery_attempts (message_id, destination, org_id, attempt, outcome, peer_answer, duration_ms)
+    values ($1, $2, $3, $4, 'delivered', $5, $6)
+), d as (
+    update deliveries set status = 'delivered', attempts = attempts + 1, finished_at = now(),
+        first_attempt_at = coalesce(first_attempt_at, now()), peer_answer = $5, last_error = null,
+        latency_ms = (extract(epoch from (now() - $7::timestamptz)) * 1000)::int
+    where message_id = $1 and destination = $2
+    returning lane
+)
+select case when lane is not null then pg_notify($8, '') end from d
+"""
+
+_RECORD_FAILURE = """
+with a as (
+    insert into delivery_attempts (message_id, destination, org_id, attempt, outcome, error_class, error,
+                                   peer_answer, duration_ms)
+    values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+)
+update deliveries set attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, now()),
+    last_error = $7, peer_answer = $8
+where message_id = $1 and destination = $2
+"""
+
+
+def delivery_input(dest: Destination, message_id: str, org_id: str, channel: str, message_type: str,
+                   replay: int = 0) -> DeliveryInput:
+    r = dest.retry
+    if dest.mllp:
+        timeout = dest.mllp.connect_timeout + dest.mllp.ack_timeout
+    elif dest.fhir:
+        timeout = dest.fhir.timeout
+    else:
+        assert dest.webhook is not None
+        timeout = dest.webhook.timeout
+    return DeliveryInput(
+        message_id=message_id, destination=dest.name, org_id=org_id, channel=channel, message_type=message_type,
+        replay=replay, initial_interval_s=r.initial_interval.total_seconds(), backoff=r.backoff,
+        maximum_interval_s=r.maximum_interval.total_seconds(), maximum_attempts=r.maximum_attempts,
+        attempt_timeout_s=timeout.total_seconds() + 10,
+    )
+
+
+def render_er7(message: Message, dest: Destination) -> str:
+    """ER7 passthrough, with MSH-5 / MSH-6 rewritten when the destination asks."""
+    assert dest.mllp is not None
+    rewrites = {5: dest.mllp.rewrite_receiving_application, 6: dest.mllp.rewrite_receiving_facility}
+    if not any(v is not None for v in rewrites.values()):
+        return message.to_er7()
+    fields = list(message.msh.fields)
+    while len(fields) <= 6:
+        fields.append("")
+    for n, value in rewrites.items():
+        if value is not None:
+            fields[n] = value
+    sep = message.separators.field
+    header = "MSH" + sep + sep.join(fields[2:])
+    return "\r".join([header, *(s.raw for s in message.segments[1:])])
+
+
+class DeliveryActivities:
+    """Built once per worker with its clients."""
+
+    def __init__(self, pool: asyncpg.Pool, store_cipher: Cipher, config: LifelineConfig,
+                 mllp: MllpSender | None = None, http: httpx.AsyncClient | None = None) -> None:
+        self.pool = pool
+        self.cipher = store_cipher
+        self.config = config
+        self.mllp = mllp or MllpSender()
+        self.http = http or httpx.AsyncClient()
+
+    @activity.defn(name="deliver")
+    async def deliver(self, inp: DeliverActivityInput) -> DeliverActivityResult:
+        """Load, render and send one message to one destination; record the attempt either way."""
+        attempt = activity.info().attempt
+        dest = self.config.destination(inp.destination)
+        if dest is None:
+            raise ApplicationError(f"destination {inp.destination!r} is not configured",
+                                   type=ERR_DESTINATION_UNKNOWN, non_retryable=True)
+        row = await self.pool.fetchrow(_LOAD, inp.message_id, inp.destination, inp.org_id)
+        if row is None:
+            raise ApplicationError(f"message {inp.message_id} has no delivery to {inp.destination}",
+                                   type=ERR_MESSAGE_NOT_FOUND, non_retryable=True)
+        body = self.cipher.decrypt(row["body_enc"], row["key_id"], aad=inp.message_id.encode()).decode()
+        started = time.monotonic()
+        try:
+            message = parse(body)
+            answer = await self._send(dest, message, inp)
+        except SendError as exc:
+            duration = int((time.monotonic() - started) * 1000)
+            outcome = "permanent" if exc.permanent else "retryable"
+            await self.pool.execute(_RECORD_FAILURE, inp.message_id, inp.destination, inp.org_id, attempt,
+                                    outcome, exc.error_class, exc.text[:1000], exc.peer_answer[:1000] or None,
+                                    duration)
+            log.info("delivery %s -> %s attempt %d failed: %s", inp.message_id, inp.destination, attempt,
+                     exc.error_class)
+            if exc.permanent:
+                raise ApplicationError(exc.text, exc.error_class, type=ERR_PERMANENT_REJECT,
+                                       non_retryable=True) from None
+            delay = getattr(exc, "retry_after", None) if isinstance(exc, HttpSendError) else None
+            raise ApplicationError(exc.text, exc.error_class, type=exc.error_class,
+                                   next_retry_delay=_delay(delay)) from None
+        except InteropError as exc:
+            await self.pool.execute(_RECORD_FAILURE, inp.message_id, inp.destination, inp.org_id, attempt,
+                                    "permanent", "render", str(exc)[:1000], None, 0)
+            raise ApplicationError(f"cannot render for {dest.kind}: {exc}", "render", type=ERR_RENDER_FAILED,
+                                   non_retryable=True) from None
+        duration = int((time.monotonic() - started) * 1000)
+        await self.pool.execute(_RECORD_SUCCESS, inp.message_id, inp.destination, inp.org_id, attempt,
+                                answer[:1000], duration, row["received_at"], OUTBOX_CHANNEL)
+        return DeliverActivityResult(attempts=attempt, peer_answer=answer[:200], latency_ms=duration)
+
+    async def _send(self, dest: Destination, message: Message, inp: DeliverActivityInput) -> str:
+        if dest.mllp is not None:
+            return await self.mllp.send(dest.mllp, render_er7(message, dest), message.control_id)
+        if dest.fhir is not None:
+            from interop.fhir import to_fhir_bundle
+
+            bundle = to_fhir_bundle(message).bundle
+            return await send_fhir(self.http, dest.fhir, bundle)
+        assert dest.webhook is not None
+        payload: dict[str, Any] = {
+            "message_id": inp.message_id, "destination": dest.name, "message_type": message.message_type,
+            "control_id": message.control_id, "version": message.version, "hl7": message.to_er7(),
+        }
+        return await send_webhook(self.http, dest.webhook, payload)
+
+    @activity.defn(name="dead_letter")
+    async def dead_letter(self, inp: DeadLetterInput) -> None:
+        """Park a delivery that cannot succeed, with its full attempt history; wakes its lane."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            attempts = await conn.fetch(
+                "select attempt, at, outcome, error_class, error, peer_answer, duration_ms from delivery_attempts"
+                " where message_id = $1 and destination = $2 order by id", inp.message_id, inp.destination)
+            history = [{**dict(a), "at": a["at"].isoformat()} for a in attempts]
+            await conn.execute(
+                "insert into dead_letters (org_id, message_id, destination, error_type, reason, attempts)"
+                " values ($1, $2, $3, $4, $5, $6) on conflict (message_id, destination) where status = 'open'"
+                " do nothing", inp.org_id, inp.message_id, inp.destination, inp.error_type, inp.reason[:2000],
+                history)
+            await conn.execute(
+                "update deliveries set status = 'dead_lettered', finished_at = now(), last_error = $3"
+                " where message_id = $1 and destination = $2", inp.message_id, inp.destination, inp.reason[:1000])
+            await conn.execute("select pg_notify($1, '')", OUTBOX_CHANNEL)
+        log.warning("delivery %s -> %s dead-lettered: %s", inp.message_id, inp.destination, inp.error_type)
+
+
+    @activity.defn(name="prepare_replay")
+    async def prepare_replay(self, inp: PrepareReplayInput) -> PrepareReplayResult:
+        """Mark the chosen open dead letters replayed by this workflow and hand back what to re-deliver."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "select dl.id, dl.message_id, dl.destination, d.lane, d.replay_count, d.status, m.channel,"
+                " m.message_type from dead_letters dl"
+                " join deliveries d on d.message_id = dl.message_id and d.destination = dl.destination"
+                " join messages m on m.id = dl.message_id"
+                " where dl.id = any($1::bigint[]) and dl.org_id = $2"
+                " and (dl.status = 'open' or dl.replay_workflow_id = $3)"
+                " order by d.seq for update of dl, d", inp.dead_letter_ids, inp.org_id, inp.replay_workflow_id)
+            items: list[ReplayItem] = []
+            for r in rows:
+                dest = self.config.destination(r["destination"])
+                if dest is None:
+                    continue
+                fresh = r["status"] == "dead_lettered"
+                replay = r["replay_count"] + 1 if fresh else r["replay_count"]
+                if fresh:
+                    await conn.execute(
+                        "update dead_letters set status = 'replayed', replay_workflow_id = $2, resolved_at = now(),"
+                        " resolved_by = $3 where id = $1", r["id"], inp.replay_workflow_id, inp.requested_by)
+                    await conn.execute(
+                        "update deliveries set status = 'started', replay_count = $3, started_at = now(),"
+                        " finished_at = null, workflow_id = $4 where message_id = $1 and destination = $2",
+                        r["message_id"], r["destination"], replay,
+                        replay_delivery_workflow_id(r["message_id"], r["destination"], replay))
+                items.append(ReplayItem(
+                    replay_delivery_workflow_id(r["message_id"], r["destination"], replay),
+                    delivery_input(dest, r["message_id"], inp.org_id, r["channel"], r["message_type"], replay),
+                    r["lane"]))
+        return PrepareReplayResult(items)
+
+
+def _delay(seconds: float | None) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=seconds) if seconds else None

@@ -1,0 +1,96 @@
+"""Dead letters, their replay (ReplayWorkflow) and blocked ordered lanes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field, model_validator
+from temporalio.client import WorkflowQueryFailedError
+from temporalio.service import RPCError
+
+from activities.store import audit, blocked_lanes, list_dead_letters
+from api.deps import ConfigDep, CurrentUser, PoolDep, SettingsDep, TemporalDep, guarded
+from api.problems import Problem
+from workflows.contract import QUERY_PROGRESS, ReplayInput, ReplayProgress, replay_workflow_id
+
+router = APIRouter(tags=["dead letters"])
+MAX_REPLAY = 5000
+
+
+class ReplayFilter(BaseModel):
+    destination: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class ReplayRequest(BaseModel):
+    ids: list[int] | None = Field(default=None, min_length=1, max_length=MAX_REPLAY)
+    filter: ReplayFilter | None = None
+    reason: str = Field(default="", max_length=500)
+
+    @model_validator(mode="after")
+    def _one(self) -> ReplayRequest:
+        if (self.ids is None) == (self.filter is None):
+            raise ValueError("give either ids or filter")
+        return self
+
+
+@router.get("/api/dead-letters", **guarded("viewer"))
+async def dead_letters(pool: PoolDep, user: CurrentUser, destination: str | None = None,
+                       status: Literal["open", "replayed", "discarded"] | None = "open",
+                       since: datetime | None = None, until: datetime | None = None,
+                       limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                       offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    """Dead letters of the caller's org with their attempt history."""
+    items = await list_dead_letters(pool, user.org, destination=destination, status=status, since=since,
+                                    until=until, limit=limit, offset=offset)
+    return {"items": items, "limit": limit, "offset": offset}
+
+
+@router.post("/api/dead-letters/replay", status_code=202, **guarded("operator"))
+async def replay(body: ReplayRequest, request: Request, pool: PoolDep, client: TemporalDep,
+                 settings: SettingsDep, user: CurrentUser) -> dict[str, Any]:
+    """Re-deliver dead letters by ids or by filter through a ReplayWorkflow."""
+    if body.ids is not None:
+        rows = await pool.fetch("select id from dead_letters where org_id = $1 and status = 'open'"
+                                " and id = any($2::bigint[]) order by id", user.org, body.ids)
+    else:
+        f = body.filter
+        assert f is not None
+        rows = await pool.fetch(
+            "select id from dead_letters where org_id = $1 and status = 'open'"
+            " and ($2::text is null or destination = $2) and ($3::timestamptz is null or created_at >= $3)"
+            " and ($4::timestamptz is null or created_at < $4) order by id limit $5",
+            user.org, f.destination, f.since, f.until, MAX_REPLAY)
+    ids = [r["id"] for r in rows]
+    if not ids:
+        raise Problem(404, "no open dead letter matches", field="ids" if body.ids is not None else "filter")
+    wf_id = replay_workflow_id(f"{user.org}:{','.join(map(str, ids))}")
+    await client.start_workflow("ReplayWorkflow", ReplayInput(user.org, ids, user.subject), id=wf_id,
+                                task_queue=settings.task_queue,
+                                static_summary=f"replay of {len(ids)} dead letter(s)")
+    await audit(pool, org_id=user.org, actor=user.subject, role=",".join(user.roles), action="dead_letters.replay",
+                subject=wf_id, detail={"ids": ids, "reason": body.reason},
+                remote_addr=request.client.host if request.client else None)
+    return {"workflow_id": wf_id, "count": len(ids), "ids": ids}
+
+
+@router.get("/api/replays/{workflow_id}", **guarded("viewer"))
+async def replay_progress(workflow_id: str, client: TemporalDep, user: CurrentUser) -> dict[str, Any]:
+    """Progress of a ReplayWorkflow."""
+    if not workflow_id.startswith("replay:"):
+        raise Problem(422, "not a replay workflow id", field="workflow_id")
+    try:
+        progress = await client.get_workflow_handle(workflow_id).query(QUERY_PROGRESS, result_type=ReplayProgress)
+    except (RPCError, WorkflowQueryFailedError) as exc:
+        raise Problem(404, f"no replay {workflow_id!r}: {exc}", field="workflow_id") from None
+    return {"workflow_id": workflow_id, **progress.__dict__}
+
+
+@router.get("/api/lanes/blocked", **guarded("viewer"))
+async def lanes_blocked(pool: PoolDep, config: ConfigDep, user: CurrentUser) -> dict[str, Any]:
+    """Ordered lanes held up by a dead-lettered head (policy `block`)."""
+    blocking = [d.name for d in config.destinations if d.ordered and d.on_dead_letter == "block"]
+    return {"items": await blocked_lanes(pool, user.org, blocking)}

@@ -1,0 +1,93 @@
+"""FHIR Patient → ADT^A28/A31 → parse → FHIR, and the v2 date/identifier conversions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from interop.errors import MappingError
+from interop.fhir import patient_to_adt, to_fhir_bundle
+from interop.fhir.datatypes import DateError, from_fhir_datetime, to_date, to_datetime, to_instant
+from interop.message import parse
+from tests.fixtures import load
+
+PATIENT: dict[str, Any] = {
+    "resourceType": "Patient",
+    "identifier": [
+        {"system": "urn:oid:2.16.840.1.113883.19.5", "value": "555|123^X",
+         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}},
+        {"system": "urn:lifeline:id:NHS", "value": "A998877"},
+        {"system": "https://ids.example.org/pas", "value": "P-7"},
+    ],
+    "name": [{"use": "official", "family": "O'Brien & Sons", "given": ["Mary", "Ellen"]}],
+    "gender": "female",
+    "birthDate": "1984-02-29",
+    "address": [{"use": "home", "line": ["12 High St"], "city": "Dublin", "country": "IRL"}],
+    "telecom": [{"system": "email", "value": "mary@example.org", "use": "home"}],
+}
+
+
+def identifiers(patient: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(i["system"], i["value"]) for i in patient["identifier"]}
+
+
+@pytest.mark.parametrize("trigger", ["A28", "A31"])
+def test_patient_round_trip(trigger: str) -> None:
+    text = patient_to_adt(PATIENT, trigger=trigger, sending=("LIFELINE", "HUB"), receiving=("PAS", "STMARY"),
+                          control_id="RT-1", timestamp=datetime(2024, 6, 1, 8, 30, tzinfo=UTC))
+    message = parse(text)
+    assert message.message_type == f"ADT^{trigger}"
+    assert message.control_id == "RT-1"
+    assert message.get("PV1-2") == "N"
+    assert message.get("PID-3[1].1") == "555|123^X"  # escaped on the wire, unescaped on the way back
+    back = to_fhir_bundle(message).resources("Patient")[0]
+    assert identifiers(back) == identifiers(PATIENT)
+    assert back["name"][0]["family"] == "O'Brien & Sons"
+    assert back["name"][0]["given"] == ["Mary", "Ellen"]
+    assert back["name"][0]["use"] == "official"
+    assert back["birthDate"] == "1984-02-29"
+    assert back["gender"] == "female"
+    assert back["address"][0]["city"] == "Dublin"
+    assert back["telecom"][0]["value"] == "mary@example.org"
+    assert back["identifier"][0]["type"]["coding"][0]["code"] == "MR"
+
+
+def test_round_trip_of_a_mapped_fixture_patient() -> None:
+    original = to_fhir_bundle(parse(load("map_adt_a01_full"))).resources("Patient")[0]
+    again = to_fhir_bundle(parse(patient_to_adt(original, trigger="A31"))).resources("Patient")[0]
+    assert identifiers(again) == identifiers(original)
+    assert (again["birthDate"], again["gender"]) == (original["birthDate"], original["gender"])
+    assert again["name"][0] == original["name"][0]
+
+
+def test_patient_to_adt_rejects_bad_input() -> None:
+    with pytest.raises(MappingError, match="A28 or A31"):
+        patient_to_adt(PATIENT, trigger="A01")
+    with pytest.raises(MappingError, match="identifier"):
+        patient_to_adt({"resourceType": "Patient"})
+    with pytest.raises(MappingError, match="birthDate"):
+        patient_to_adt({**PATIENT, "birthDate": "29/02/1984"})
+
+
+@pytest.mark.parametrize(("hl7", "fhir"), [
+    ("2024", "2024"), ("202403", "2024-03"), ("20240312", "2024-03-12"),
+    ("202403120930", "2024-03-12T09:30:00-05:00"), ("20240312093015", "2024-03-12T09:30:15-05:00"),
+    ("20240312093015.123", "2024-03-12T09:30:15.123-05:00"),
+    ("20240312093015+0100", "2024-03-12T09:30:15+01:00"), ("2024031209+0000", "2024-03-12T09:00:00Z"),
+])
+def test_hl7_datetime_to_fhir(hl7: str, fhir: str) -> None:
+    assert to_datetime(hl7, "-0500") == (fhir, True)
+
+
+def test_dates_without_offset_and_invalid_dates() -> None:
+    assert to_datetime("20240312093015", None) == ("2024-03-12", False)
+    assert to_date("20240312093015+0100") == "2024-03-12"
+    assert to_instant("20240312", "+0000") is None
+    assert to_instant("20240312093015", "+0000") == "2024-03-12T09:30:15Z"
+    for bad in ("20241301", "2024-03-12", "20240332", "202403122500", "abc"):
+        with pytest.raises(DateError):
+            to_datetime(bad, None)
+    assert from_fhir_datetime("2024-03-12T09:30:15+01:00") == "20240312093015+0100"
+    assert from_fhir_datetime("1984-02-29") == "19840229"

@@ -1,0 +1,279 @@
+"""The dispatcher: a transactional outbox over `messages` that routes and starts one DeliveryWorkflow per
+(message, destination), respecting ordered lanes. Wakes on LISTEN/NOTIFY, sweeps on a timer; several
+dispatchers at once are safe (row locks with SKIP LOCKED, workflow ids that reject duplicates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from activities.delivery import delivery_input
+from activities.store import OUTBOX_CHANNEL
+from infra.config import Channel, Destination, LifelineConfig
+from infra.crypto import Cipher
+from infra.db import create_pool
+from infra.settings import Settings
+from interop.errors import InteropError
+from interop.message import Message, parse
+from workflows.contract import (
+    SA_CHANNEL,
+    SA_DESTINATION,
+    SA_MESSAGE_TYPE,
+    SA_STATUS,
+    DeliveryInput,
+    delivery_workflow_id,
+)
+
+log = logging.getLogger("lifeline.dispatcher")
+
+K_CHANNEL = SearchAttributeKey.for_keyword(SA_CHANNEL)
+K_DESTINATION = SearchAttributeKey.for_keyword(SA_DESTINATION)
+K_TYPE = SearchAttributeKey.for_keyword(SA_MESSAGE_TYPE)
+K_STATUS = SearchAttributeKey.for_keyword(SA_STATUS)
+
+
+def _matches(patterns: list[str] | None, value: str) -> bool:
+    return patterns is None or any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def route(channel: Channel, message_type: str, sending_app: str, sending_facility: str,
+          message: Message | None) -> list[str]:
+    """Destinations a message goes to under the channel's rules (each destination once, in rule order)."""
+    out: list[str] = []
+    for r in channel.routes:
+        w = r.when
+        if not (_matches(w.message_type, message_type) and _matches(w.sending_application, sending_app)
+                and _matches(w.sending_facility, sending_facility)):
+            continue
+        if w.fields:
+            if message is None:
+                continue
+            ok = all(message.get(path) in ([want] if isinstance(want, str) else want)
+                     for path, want in w.fields.items())
+            if not ok:
+                continue
+        if r.to not in out:
+            out.append(r.to)
+    return out
+
+
+def lane_of(dest: Destination, message: Message | None) -> str | None:
+    """None: unordered; '' the whole destination is one lane; else the key value (PID-3.1 ...)."""
+    if dest.ordering == "none":
+        return None
+    path = dest.lane_key_path
+    if path is None:
+        return ""
+    return message.get(path) if message is not None else ""
+
+
+async def start_delivery(client: Client, task_queue: str, inp: DeliveryInput, workflow_id: str) -> bool:
+    """Start one DeliveryWorkflow; True also when it was already started (a double dispatch)."""
+    try:
+        await client.start_workflow(
+            "DeliveryWorkflow", inp, id=workflow_id, task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            search_attributes=TypedSearchAttributes([
+                SearchAttributePair(K_CHANNEL, inp.channel), SearchAttributePair(K_DESTINATION, inp.destination),
+                SearchAttributePair(K_TYPE, inp.message_type), SearchAttributePair(K_STATUS, "delivering")]),
+            static_summary=f"{inp.message_type or 'message'} {inp.channel} → {inp.destination}",
+        )
+    except WorkflowAlreadyStartedError:
+        return True
+    return True
+
+
+@dataclass
+class Dispatcher:
+    pool: asyncpg.Pool
+    client: Client
+    config: LifelineConfig
+    cipher: Cipher
+    task_queue: str
+    batch: int = 500
+
+    async def tick(self) -> tuple[int, int]:
+        """Route what is new, then start what may start; returns (routed, started)."""
+        routed = 0
+        while True:
+            n = await self.route_batch()
+            routed += n
+            if n < self.batch:
+                break
+        started = 0
+        while True:
+            n = await self.start_ready()
+            started += n
+            if n < self.batch:
+                break
+        return routed, started
+
+    async def route_batch(self) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "select id, seq, org_id, channel, message_type, sending_app, sending_facility, key_id, body_enc"
+                " from messages where dispatched_at is null and status = 'accepted'"
+                " order by seq limit $1 for update skip locked", self.batch)
+            if not rows:
+                return 0
+            d_msg: list[str] = []
+            d_dest: list[str] = []
+            d_org: list[str] = []
+            d_seq: list[int] = []
+            d_lane: list[str | None] = []
+            d_wf: list[str] = []
+            routed_ids: list[str] = []
+            unrouted_ids: list[str] = []
+            for row in rows:
+                channel = self.config.channel(row["channel"])
+                message = self._parse(row) if channel is not None and self._needs_body(channel) else None
+                dests = route(channel, row["message_type"], row["sending_app"], row["sending_facility"],
+                              message) if channel is not None else []
+                if not dests:
+                    unrouted_ids.append(row["id"])
+                    continue
+                routed_ids.append(row["id"])
+                for name in dests:
+                    dest = self.config.destination(name)
+                    if dest is None:
+                        continue
+                    d_msg.append(row["id"])
+                    d_dest.append(name)
+                    d_org.append(row["org_id"])
+                    d_seq.append(row["seq"])
+                    d_lane.append(lane_of(dest, message))
+                    d_wf.append(delivery_workflow_id(row["id"], name))
+            if d_msg:
+                await conn.execute(
+                    "insert into deliveries (message_id, destination, org_id, seq, lane, workflow_id)"
+                    " select * from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])"
+                    " on conflict do nothing", d_msg, d_dest, d_org, d_seq, d_lane, d_wf)
+            if routed_ids:
+                await conn.execute("update messages set status = 'routed', dispatched_at = now()"
+                                   " where id = any($1::text[])", routed_ids)
+            if unrouted_ids:
+                await conn.execute("update messages set status = 'unrouted', dispatched_at = now()"
+                                   " where id = any($1::text[])", unrouted_ids)
+                log.info("%d message(s) matched no route", len(unrouted_ids))
+        return len(rows)
+
+    def _needs_body(self, channel: Channel) -> bool:
+        if any(r.when.fields for r in channel.routes):
+            return True
+        for r in channel.routes:
+            dest = self.config.destination(r.to)
+            if dest is not None and dest.lane_key_path:
+                return True
+        return False
+
+    def _parse(self, row: Any) -> Message | None:
+        try:
+            body = self.cipher.decrypt(row["body_enc"], row["key_id"], aad=row["id"].encode()).decode()
+            return parse(body)
+        except (InteropError, ValueError):
+            return None
+
+    async def start_ready(self) -> int:
+        blocking = [d.name for d in self.config.destinations if d.ordered and d.on_dead_letter == "block"]
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """
+                select d.message_id, d.destination, d.org_id, d.workflow_id, m.channel, m.message_type
+                from deliveries d join messages m on m.id = d.message_id
+                where d.status = 'pending' and d.replay_count = 0
+                  and (d.lane is null or not exists (
+                      select 1 from deliveries e
+                      where e.destination = d.destination and e.lane = d.lane and e.seq < d.seq
+                        and (e.status in ('pending', 'started')
+                             or (e.status = 'dead_lettered' and e.destination = any($2::text[])))))
+                order by d.seq limit $1 for update of d skip locked
+                """, self.batch, blocking)
+            if not rows:
+                return 0
+            results = await asyncio.gather(*(self._start(r) for r in rows), return_exceptions=True)
+            done_msg = [r["message_id"] for r, ok in zip(rows, results, strict=True) if ok is True]
+            done_dest = [r["destination"] for r, ok in zip(rows, results, strict=True) if ok is True]
+            failures = [e for e in results if isinstance(e, BaseException)]
+            if failures:
+                log.warning("could not start %d delivery workflow(s): %s", len(failures), type(failures[0]).__name__)
+            if done_msg:
+                await conn.execute(
+                    "update deliveries d set status = 'started', started_at = now()"
+                    " from unnest($1::text[], $2::text[]) as u(m, dst)"
+                    " where d.message_id = u.m and d.destination = u.dst", done_msg, done_dest)
+        return len(done_msg) if not failures else 0
+
+    async def _start(self, row: Any) -> bool:
+        dest = self.config.destination(row["destination"])
+        if dest is None:
+            raise LookupError(f"destination {row['destination']} is no longer configured")
+        inp = delivery_input(dest, row["message_id"], row["org_id"], row["channel"], row["message_type"])
+        return await start_delivery(self.client, self.task_queue, inp, row["workflow_id"])
+
+    async def run(self, database_url: str, sweep_seconds: float, stop: asyncio.Event) -> None:
+        wake = asyncio.Event()
+        listen_conn: asyncpg.Connection | None = None
+
+        def on_notify(*_: object) -> None:
+            wake.set()
+
+        while not stop.is_set():
+            try:
+                if listen_conn is None or listen_conn.is_closed():
+                    listen_conn = await asyncpg.connect(database_url)
+                    await listen_conn.add_listener(OUTBOX_CHANNEL, on_notify)
+                wake.clear()
+                await self.tick()
+            except (OSError, asyncpg.PostgresError, RuntimeError) as exc:
+                log.warning("dispatch pass failed (%s); retrying", type(exc).__name__)
+                if listen_conn is not None:
+                    with contextlib.suppress(Exception):
+                        await listen_conn.close()
+                listen_conn = None
+                await asyncio.sleep(1)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(sweep_seconds):
+                    waiter = asyncio.ensure_future(wake.wait())
+                    stopper = asyncio.ensure_future(stop.wait())
+                    try:
+                        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
+                        stopper.cancel()
+        if listen_conn is not None:
+            await listen_conn.close()
+
+
+async def run_dispatcher(settings: Settings, config: LifelineConfig) -> None:
+    from workers.worker import connect_temporal
+
+    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    client = await connect_temporal(settings)
+    cipher = Cipher(settings.store_key_id, settings.key("store_key"))
+    dispatcher = Dispatcher(pool, client, config, cipher, settings.task_queue)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("dispatcher started (sweep every %.1fs)", settings.dispatcher_sweep_seconds)
+    await dispatcher.run(settings.database_url, settings.dispatcher_sweep_seconds, stop)
+    await pool.close()

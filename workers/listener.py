@@ -1,0 +1,145 @@
+"""MLLP listeners: one asyncio server per channel; frame → check → store → commit → ACK."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from dataclasses import dataclass, field
+
+import asyncpg
+from interop.ack import build_nak_for_unparseable
+from interop.mllp import FrameDecoder, FrameTooLarge, encode
+
+from activities.store import accept
+from infra.config import Channel, LifelineConfig
+from infra.crypto import Cipher
+from infra.db import create_pool
+from infra.settings import Settings
+from interop.errors import APPLICATION_INTERNAL_ERROR, HL7ParseError
+
+log = logging.getLogger("lifeline.listener")
+
+
+def tls_context(channel: Channel) -> ssl.SSLContext | None:
+    assert channel.mllp is not None
+    tls = channel.mllp.tls
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    if tls.client_ca is not None:
+        ctx.load_verify_locations(str(tls.client_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+@dataclass
+class ChannelListener:
+    channel: Channel
+    pool: asyncpg.Pool
+    cipher: Cipher
+    server: asyncio.Server | None = None
+    connections: int = 0
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self, host: str | None = None, port: int | None = None) -> asyncio.Server:
+        cfg = self.channel.mllp
+        assert cfg is not None
+        self.server = await asyncio.start_server(
+            self._handle, host or cfg.host, port if port is not None else cfg.port,
+            ssl=tls_context(self.channel), limit=cfg.max_message_bytes + 1024, backlog=1024, reuse_address=True)
+        return self.server
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cfg = self.channel.mllp
+        assert cfg is not None
+        peer = writer.get_extra_info("peername")
+        peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else None
+        if self.connections >= cfg.max_connections:
+            log.warning("channel %s: connection limit %d reached, refusing %s", self.channel.name,
+                        cfg.max_connections, peer_text)
+            writer.close()
+            return
+        self.connections += 1
+        decoder = FrameDecoder(max_frame_size=cfg.max_message_bytes)
+        idle = cfg.idle_timeout.total_seconds()
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), timeout=idle)
+                except TimeoutError:
+                    log.info("channel %s: closing idle connection from %s", self.channel.name, peer_text)
+                    break
+                if not data:
+                    break
+                try:
+                    frames = decoder.feed(data)
+                except FrameTooLarge as exc:
+                    nak = build_nak_for_unparseable(
+                        "", HL7ParseError(f"message larger than {cfg.max_message_bytes} bytes", code="100"))
+                    log.warning("channel %s: frame too large from %s: %s", self.channel.name, peer_text, exc)
+                    writer.write(encode(nak))
+                    await writer.drain()
+                    continue
+                for frame in frames:
+                    writer.write(encode(await self._accept(frame, peer_text)))
+                    await writer.drain()
+        except (ConnectionError, OSError) as exc:
+            log.info("channel %s: connection from %s ended: %s", self.channel.name, peer_text, type(exc).__name__)
+        finally:
+            self.connections -= 1
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _accept(self, frame: bytes, peer: str | None) -> str:
+        try:
+            result = await accept(self.pool, self.cipher, self.channel, frame, source="mllp", peer=peer)
+            return result.ack
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Not stored, so not acknowledged: AE tells the sender to send it again.
+            log.error("channel %s: cannot store message (%s); answering AE", self.channel.name, type(exc).__name__)
+            err = HL7ParseError("message not stored (store unavailable); resend", code=APPLICATION_INTERNAL_ERROR)
+            try:
+                from interop.ack import build_ack
+
+                from interop.message import parse
+
+                return build_ack(parse(frame.decode("utf-8", errors="replace")), code="AE", text=err.reason)
+            except HL7ParseError:
+                return build_nak_for_unparseable(frame.decode("utf-8", errors="replace"), err)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+
+
+async def run_listeners(settings: Settings, config: LifelineConfig, only: list[str] | None = None) -> None:
+    channels = [c for c in config.channels if c.mllp and (not only or c.name in only)]
+    if not channels:
+        log.warning("no MLLP channel configured; listener idle")
+    pool = await create_pool(settings.database_url, min_size=2, max_size=settings.database_pool_max)
+    cipher = Cipher(settings.store_key_id, settings.key("store_key"))
+    listeners = [ChannelListener(c, pool, cipher) for c in channels]
+    for lst in listeners:
+        await lst.start()
+        assert lst.channel.mllp is not None
+        log.info("channel %s listening on %s:%d%s", lst.channel.name, lst.channel.mllp.host, lst.port,
+                 " (TLS)" if lst.channel.mllp.tls else "")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for lst in listeners:
+        await lst.close()
+    await pool.close()
