@@ -178,6 +178,37 @@ class Destination(_Model):
         return self.ordering != "none"
 
 
+class CloverleafOptions(_Model):
+    site: str
+    runner: Literal["local", "ssh"] = "local"
+    host: str | None = None  # ssh target when runner is ssh
+    ssh_user: str | None = None
+    hci_root: str | None = None  # $HCIROOT on the engine host
+    command_dir: str | None = None  # where hcicmd / hciprocstatus live (default: PATH)
+    process: str | None = None  # default process for threads named without one
+
+
+class Engine(_Model):
+    name: Name
+    org: Name = "default"
+    kind: Literal["mirth", "rhapsody", "cloverleaf", "lifeline"]
+    url: Annotated[str, Field(pattern=r"^https?://")] | None = None  # Mirth: https://host:8443/api; Rhapsody: :8444
+    username_env: str | None = None  # credentials come from the environment, never from the file
+    password_env: str | None = None
+    verify_tls: bool = True
+    timeout: Duration = timedelta(seconds=15)
+    cloverleaf: CloverleafOptions | None = None
+    channels: list[str] = Field(default_factory=list)  # watch only these (ids or names); empty: all
+
+    @model_validator(mode="after")
+    def _needs(self) -> Engine:
+        if self.kind in ("mirth", "rhapsody") and not self.url:
+            raise ValueError(f"a {self.kind} engine needs url")
+        if self.kind == "cloverleaf" and self.cloverleaf is None:
+            raise ValueError("a cloverleaf engine needs cloverleaf: {site: ...}")
+        return self
+
+
 class Remediation(_Model):
     mode: Literal["manual", "semi-auto", "full-auto"] = "semi-auto"
     approval_timeout: Duration = timedelta(hours=1)
@@ -186,6 +217,7 @@ class Remediation(_Model):
 class LifelineConfig(_Model):
     channels: list[Channel] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=list)
+    engines: list[Engine] = Field(default_factory=list)
     remediation: Remediation = Remediation()
 
     @model_validator(mode="after")
@@ -224,6 +256,9 @@ class LifelineConfig(_Model):
 
     def destination(self, name: str) -> Destination | None:
         return next((d for d in self.destinations if d.name == name), None)
+
+    def engine(self, name: str) -> Engine | None:
+        return next((e for e in self.engines if e.name == name), None)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
