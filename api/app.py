@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from temporalio.client import Client
 
 from api import problems
-from api.routes import channels, codec, dead_letters, health, messages
+from api.routes import channels, codec, dead_letters, health, hl7, messages
 from infra.config import LifelineConfig, get_config
 from infra.crypto import Cipher, EncryptionCodec, data_converter
 from infra.db import create_pool
@@ -69,4 +69,5 @@ def create_app(settings: Settings | None = None, config: LifelineConfig | None =
     app.include_router(channels.router)
     app.include_router(messages.router)
     app.include_router(dead_letters.router)
+    app.include_router(hl7.router)
     return app
