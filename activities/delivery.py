@@ -40,7 +40,7 @@ from workflows.contract import (
 log = logging.getLogger("lifeline.delivery")
 
 _LOAD = """
-select m.key_id, m.body_enc, m.channel, m.received_at, d.lane
+select m.key_id, m.body_enc, m.channel, m.received_at, d.lane, d.status, d.workflow_id, d.peer_answer
 from messages m join deliveries d on d.message_id = m.id and d.destination = $2
 where m.id = $1 and m.org_id = $3
 """
@@ -129,6 +129,12 @@ class DeliveryActivities:
         if row is None:
             raise ApplicationError(f"message {inp.message_id} has no delivery to {inp.destination}",
                                    type=ERR_MESSAGE_NOT_FOUND, non_retryable=True)
+        if row["status"] == "delivered" and row["workflow_id"] == inp.workflow_id:
+            # A retry of an attempt that was recorded delivered but never reported back (the worker died in
+            # between): sending again would repeat the message after its lane has moved on.
+            log.info("delivery %s -> %s already recorded delivered; not sending again", inp.message_id,
+                     inp.destination)
+            return DeliverActivityResult(attempts=attempt, peer_answer=(row["peer_answer"] or "")[:200])
         body = self.cipher.decrypt(row["body_enc"], row["key_id"], aad=inp.message_id.encode()).decode()
         started = time.monotonic()
         try:

@@ -113,7 +113,9 @@ class MllpSender:
             ack = parse_ack(frame.decode("utf-8", errors="replace"))
         except InteropError as exc:
             raise SendError("bad_ack", f"peer answered with something that is not an ACK: {exc}") from exc
-        answer = f"{ack.code}" + (f" {'; '.join(ack.error_texts)}" if ack.error_texts else "")
+        # The ERR codes (table 0357) lead the summary: diagnosis keys its signatures on them (ack_reject:207).
+        answer = (f"{ack.code}" + (f" ERR {','.join(ack.error_codes)}" if ack.error_codes else "")
+                  + (f" {'; '.join(ack.error_texts)}" if ack.error_texts else ""))
         if ack.control_id and ack.control_id != control_id:
             raise SendError("ack_mismatch", f"ACK for control id {ack.control_id!r}, expected "
                             f"{control_id!r}", peer_answer=answer)

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -157,7 +157,7 @@ async def audit(conn: asyncpg.Pool | asyncpg.Connection, *, org_id: str, actor: 
         # Serialise appends per org so the chain has no forks.
         await c.execute("select pg_advisory_xact_lock(hashtext('audit:' || $1))", org_id)
         prev = await c.fetchval("select hash from audit_log where org_id = $1 order by id desc limit 1", org_id)
-        at = datetime.now().astimezone()
+        at = datetime.now(UTC)  # UTC: `lifeline audit verify` recomputes the hash from the stored timestamptz
         canonical = json.dumps([org_id, at.isoformat(), actor, role, action, subject, detail, remote_addr],
                                sort_keys=True, default=str).encode()
         digest = hashlib.sha256((prev or b"") + canonical).digest()
@@ -237,6 +237,22 @@ async def list_dead_letters(pool: asyncpg.Pool, org_id: str, *, destination: str
         " and ($4::timestamptz is null or dl.created_at >= $4) and ($5::timestamptz is null or dl.created_at < $5)"
         " order by dl.id limit $6 offset $7", org_id, destination, status, since, until, limit, offset)
     return [dict(r) for r in rows]
+
+
+async def open_dead_letter_ids(pool: asyncpg.Pool, org_id: str, *, ids: list[int] | None = None,
+                               destination: str | None = None, since: datetime | None = None,
+                               until: datetime | None = None, limit: int = 5000) -> list[int]:
+    """Ids of open dead letters: the given ids that are open, else those matching the filter (oldest first)."""
+    if ids is not None:
+        rows = await pool.fetch("select id from dead_letters where org_id = $1 and status = 'open'"
+                                " and id = any($2::bigint[]) order by id", org_id, ids)
+    else:
+        rows = await pool.fetch(
+            "select id from dead_letters where org_id = $1 and status = 'open'"
+            " and ($2::text is null or destination = $2) and ($3::timestamptz is null or created_at >= $3)"
+            " and ($4::timestamptz is null or created_at < $4) order by id limit $5",
+            org_id, destination, since, until, limit)
+    return [int(r["id"]) for r in rows]
 
 
 async def blocked_lanes(pool: asyncpg.Pool, org_id: str, blocking_destinations: list[str]) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import asyncpg
 from fastapi import Depends, Request
@@ -17,6 +18,9 @@ from infra.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="JWT with `org` and `roles` claims")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key of an EHR sender")
+# The dashboard's browser session: the same JWT, kept in an HttpOnly SameSite=Strict cookie.
+SESSION_COOKIE = "lifeline_token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def get_settings(request: Request) -> Settings:
@@ -67,11 +71,29 @@ async def current_principal(
         if row is None:
             raise Problem(401, "unknown or revoked API key", headers=unauthorized)
         return Principal(f"apikey:{row['name']}", row["org_id"], (row["role"],))
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        # SameSite=Strict still lets a same-site page on another port send it; unsafe methods need our origin.
+        if request.method not in _SAFE_METHODS and not same_origin(request, settings):
+            raise Problem(403, "the session cookie is not accepted on a cross-origin request")
+        try:
+            return verify_token(settings.jwt_secret.get_secret_value(), cookie, settings.jwt_issuer)
+        except AuthError as exc:
+            raise Problem(401, f"session: {exc}", headers=unauthorized) from None
     raise Problem(401, "authentication required: send 'Authorization: Bearer <token>' or 'X-API-Key'",
                   headers=unauthorized)
 
 
 CurrentUser = Annotated[Principal, Depends(current_principal)]
+
+
+def same_origin(request: Request, settings: Settings) -> bool:
+    """No Origin header (not a browser), or one naming this server (its Host or the public URL)."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    netloc = urlsplit(origin).netloc
+    return bool(netloc) and netloc in {request.headers.get("host", ""), urlsplit(settings.public_url).netloc}
 
 
 def require(role: str) -> Callable[..., Coroutine[Any, Any, Principal]]:

@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse
 class Problem(HTTPException):
     """An HTTP error with a field name and extra members for the problem body."""
 
-    def __init__(self, status: int, detail: str, *, field: str | None = None, **extra: Any) -> None:
-        super().__init__(status_code=status, detail=detail)
+    def __init__(self, status: int, detail: str, *, field: str | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(status_code=status, detail=detail, headers=headers)
         self.field = field
         self.extra = extra
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -214,11 +214,170 @@ class Remediation(_Model):
     approval_timeout: Duration = timedelta(hours=1)
 
 
+class _Detector(_Model):
+    enabled: bool = True
+
+
+class DestinationDown(_Detector):
+    consecutive_failures: int = Field(default=3, ge=1)  # refused/reset/timeout/tls/dns/connection in a row
+
+
+class DestinationRejecting(_Detector):
+    rate: float = Field(default=0.2, gt=0, le=1)  # AR/4xx share of finished sends in the window
+    min_rejects: int = Field(default=3, ge=1)
+
+
+class BacklogLimits(_Detector):
+    depth: int = Field(default=1000, ge=1)  # pending + started deliveries
+    oldest_age: Duration = timedelta(minutes=10)
+
+
+class LatencyDegraded(_Detector):
+    p95: Duration = timedelta(seconds=10)  # accept -> delivered
+    min_samples: int = Field(default=10, ge=1)
+
+
+class ThroughputDrop(_Detector):
+    factor: float = Field(default=0.5, gt=0, lt=1)  # fire below baseline * factor
+    alpha: float = Field(default=0.05, gt=0, le=1)  # EWMA smoothing per snapshot
+    min_samples: int = Field(default=40, ge=1)  # snapshots in the hour bucket before it may fire
+    min_baseline_per_min: float = Field(default=1.0, ge=0)  # quiet channels never fire
+
+
+EngineStoppedState = Literal["stopped", "paused", "error", "undeployed"]
+_DEFAULT_STOPPED_STATES: list[EngineStoppedState] = ["stopped", "paused", "error"]  # undeployed only when asked
+
+
+class EngineChannelStopped(_Detector):
+    states: list[EngineStoppedState] = Field(default_factory=lambda: _DEFAULT_STOPPED_STATES.copy())
+
+
+class EngineChannelErroring(_Detector):
+    error_delta: int = Field(default=10, ge=1)  # new errors since the previous snapshot
+
+
+class EngineQueueGrowing(_Detector):
+    snapshots: int = Field(default=4, ge=2, le=20)  # grew across each of the last K snapshots
+    min_growth: int = Field(default=1, ge=1)
+
+
+class MalformedBurst(_Detector):
+    rejected: int = Field(default=20, ge=1)  # rejected messages per sender and channel in the window
+
+
+class Monitor(_Model):
+    enabled: bool = True  # the flow monitor schedule (paused when false)
+    interval: Duration = timedelta(seconds=15)
+    window: Duration = timedelta(minutes=5)
+    timezone: str = "UTC"  # hour-of-week / hour-of-day buckets of the throughput baseline
+    destination_down: DestinationDown = DestinationDown()
+    destination_rejecting: DestinationRejecting = DestinationRejecting()
+    backlog: BacklogLimits = BacklogLimits()
+    lane_blocked: _Detector = _Detector()
+    latency_degraded: LatencyDegraded = LatencyDegraded()
+    throughput_drop: ThroughputDrop = ThroughputDrop()
+    engine_channel_stopped: EngineChannelStopped = EngineChannelStopped()
+    engine_channel_erroring: EngineChannelErroring = EngineChannelErroring()
+    engine_queue_growing: EngineQueueGrowing = EngineQueueGrowing()
+    malformed_burst: MalformedBurst = MalformedBurst()
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _positive(self) -> Monitor:
+        if self.interval.total_seconds() < 1:
+            raise ValueError("interval must be at least 1s")
+        if self.window < self.interval:
+            raise ValueError("window must be at least interval")
+        return self
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM = r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$"
+
+
+def _check_tz(v: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {v!r}") from None
+    return v
+
+
+class MaintenanceWindow(_Model):
+    """A weekly window (local time of `tz`) in which SLA objectives are not enforced; end < start crosses midnight."""
+
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
+    start: Annotated[str, Field(pattern=_HHMM)]
+    end: Annotated[str, Field(pattern=_HHMM)]
+    tz: Annotated[str, BeforeValidator(_check_tz)] = "UTC"
+
+    @field_validator("days", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return [str(d).lower()[:3] for d in v] if isinstance(v, list) else v
+
+    def contains(self, at: datetime) -> bool:
+        from zoneinfo import ZoneInfo
+
+        local = at.astimezone(ZoneInfo(self.tz))
+        minute = local.hour * 60 + local.minute
+        start, end = (int(x[:2]) * 60 + int(x[3:]) for x in (self.start, self.end))
+        day = WEEKDAYS[local.weekday()]
+        previous = WEEKDAYS[(local.weekday() - 1) % 7]
+        if start <= end:
+            return day in self.days and start <= minute < end
+        # Crosses midnight: the evening part belongs to `day`, the morning part to the day before.
+        return (day in self.days and minute >= start) or (previous in self.days and minute < end)
+
+
+class Sla(_Model):
+    """Service-level objectives for a channel, a destination, or (neither) the whole org; null disables one."""
+
+    name: Name
+    org: Name = "default"
+    channel: Name | None = None
+    destination: Name | None = None
+    window: Duration = timedelta(minutes=5)  # the sliding window latency and success rate are measured over
+    p95_latency: Duration | None = timedelta(seconds=30)  # accept -> delivered
+    max_backlog_age: Duration | None = timedelta(minutes=5)  # oldest delivery still pending
+    min_success_rate: float | None = Field(default=0.99, ge=0, le=1)  # delivered / all send attempts in the window
+    uptime_target: float | None = Field(default=0.999, ge=0, le=1)  # share of the uptime period without a violation
+    uptime_period: Duration = timedelta(days=30)
+    maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list)
+    escalate_after: Duration = timedelta(minutes=15)
+    contacts: list[str] = Field(default_factory=list)
+    alert_webhook: Annotated[str, Field(pattern=r"^https?://")] | None = None
+
+    def in_maintenance(self, at: datetime) -> bool:
+        return any(w.contains(at) for w in self.maintenance_windows)
+
+    @property
+    def subject(self) -> str:
+        if self.destination:
+            return f"destination:{self.destination}"
+        return f"channel:{self.channel}" if self.channel else "org"
+
+
 class LifelineConfig(_Model):
     channels: list[Channel] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=list)
     engines: list[Engine] = Field(default_factory=list)
     remediation: Remediation = Remediation()
+    monitor: Monitor = Monitor()
+    sla: list[Sla] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> LifelineConfig:
@@ -248,6 +407,22 @@ class LifelineConfig(_Model):
                                      f"destination {r.to!r} belongs to another org"))
         if problems:
             # Raised as ValueError so pydantic reports it; load() turns the text back into key paths.
+            raise ValueError("\n".join(f"{p}\t{r}" for p, r in problems))
+        return self
+
+    @model_validator(mode="after")
+    def _sla_references(self) -> LifelineConfig:
+        problems: list[tuple[str, str]] = []
+        names: set[tuple[str, str]] = set()
+        for i, sla in enumerate(self.sla):
+            if (sla.org, sla.name) in names:
+                problems.append((f"sla[{i}].name", f"duplicate SLA name {sla.name!r}"))
+            names.add((sla.org, sla.name))
+            if sla.channel and self.channel(sla.channel) is None:
+                problems.append((f"sla[{i}].channel", f"no channel named {sla.channel!r}"))
+            if sla.destination and self.destination(sla.destination) is None:
+                problems.append((f"sla[{i}].destination", f"no destination named {sla.destination!r}"))
+        if problems:
             raise ValueError("\n".join(f"{p}\t{r}" for p, r in problems))
         return self
 

@@ -199,6 +199,8 @@ class Dispatcher:
                 select d.message_id, d.destination, d.org_id, d.workflow_id, m.channel, m.message_type
                 from deliveries d join messages m on m.id = d.message_id
                 where d.status = 'pending' and d.replay_count = 0
+                  and not exists (select 1 from destination_state p where p.org_id = d.org_id
+                                  and p.destination = d.destination and p.paused)
                   and (d.lane is null or not exists (
                       select 1 from deliveries e
                       where e.destination = d.destination and e.lane = d.lane and e.seq < d.seq

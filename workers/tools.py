@@ -480,3 +480,40 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
 
 COMMANDS["demo"] = (cmd_demo, "run a demo receiver and feed a channel a realistic stream of messages",
                     _configure_demo)
+
+
+# -- lifeline audit verify ----------------------------------------------------------------------------------------
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Recompute the audit log's hash chain: 'ok: N rows' (exit 0) or the first broken row id (exit 1)."""
+    import asyncpg
+
+    from activities.audit import verify_chain
+    from workers.cli import _settings
+
+    url = args.database_url or _settings(args).database_url
+
+    async def run() -> int:
+        try:
+            conn = await asyncpg.connect(url)
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"lifeline audit verify: cannot connect to the database: {exc}", file=sys.stderr)
+            return 2
+        try:
+            result = await verify_chain(conn, args.org)
+        finally:
+            await conn.close()
+        print(result.line())
+        return 0 if result.ok else 1
+
+    return asyncio.run(run())
+
+
+def _configure_audit(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+    verify = sub.add_parser("verify", help="recompute the hash chain and report the first broken row",
+                            description="recompute the hash chain and report the first broken row")
+    verify.add_argument("--org", help="only this org's chain (default: every org)")
+    verify.add_argument("--database-url", help="PostgreSQL URL (default LIFELINE_DATABASE_URL)")
+
+
+COMMANDS["audit"] = (cmd_audit, "audit log tools: `lifeline audit verify [--org ORG]`", _configure_audit)

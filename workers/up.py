@@ -180,6 +180,7 @@ class Supervisor:
         mllp = ", ".join(f"{c.name} :{c.mllp.port}" for c in self.config.channels if c.mllp) or "none"
         print("\nLifeline is up.")
         print(f"  API            {self.settings.public_url}  (docs {self.settings.public_url}/docs)")
+        print(f"  Dashboard      {self.settings.public_url}/dashboard  (paste the admin token to log in)")
         print(f"  Temporal UI    http://localhost:{self.ui_port}")
         print(f"  Temporal gRPC  {self.temporal.address}")
         print(f"  PostgreSQL     {self.pg.url()}")

@@ -13,21 +13,57 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.delivery import DeliveryActivities
+from activities.diagnostics import DiagnosticsActivities
+from activities.engines import build_adapter
+from activities.engines.base import EngineAdapter, EngineError
+from activities.metrics import CaseActivities, MetricsActivities
 from activities.mllp import MllpSender
+from activities.remediation import RemediationActivities
+from activities.sla import SlaActivities
 from infra.config import LifelineConfig
 from infra.crypto import Cipher, data_converter
 from infra.db import create_pool
 from infra.settings import Settings
+from workers.monitor import ensure_schedule
 from workflows.delivery import DeliveryWorkflow
+from workflows.engine_restart import EngineRestartWorkflow
+from workflows.monitor import FlowMonitorWorkflow
+from workflows.remediation import RemediationCaseWorkflow
 from workflows.replay import ReplayWorkflow
 
 log = logging.getLogger("lifeline.worker")
 
-WORKFLOWS: Sequence[type] = (DeliveryWorkflow, ReplayWorkflow)
+WORKFLOWS: Sequence[type] = (DeliveryWorkflow, ReplayWorkflow, RemediationCaseWorkflow, EngineRestartWorkflow,
+                             FlowMonitorWorkflow)
 
 
-def activities_for(delivery: DeliveryActivities) -> list[Any]:
-    return [delivery.deliver, delivery.dead_letter, delivery.prepare_replay]
+def activities_for(delivery: DeliveryActivities, diagnostics: DiagnosticsActivities | None = None,
+                   remediation: RemediationActivities | None = None, metrics: MetricsActivities | None = None,
+                   cases: CaseActivities | None = None, sla: SlaActivities | None = None) -> list[Any]:
+    acts: list[Any] = [delivery.deliver, delivery.dead_letter, delivery.prepare_replay]
+    if diagnostics is not None:
+        acts += [diagnostics.diagnose, diagnostics.record_case, diagnostics.record_resolution]
+    if remediation is not None:
+        acts += [remediation.run_action, remediation.measure, remediation.engine_status, remediation.engine_control,
+                 remediation.workflow_running, remediation.notify, remediation.audit_event]
+    if metrics is not None:
+        acts.append(metrics.snapshot)
+    if cases is not None:
+        acts.append(cases.open_or_feed_case)
+    if sla is not None:
+        acts.append(sla.evaluate_sla)
+    return acts
+
+
+def engine_adapters(config: LifelineConfig, **deps: Any) -> dict[str, EngineAdapter]:
+    """One adapter per configured engine (deps: http, pool, config); an engine that fails is left out."""
+    adapters: dict[str, EngineAdapter] = {}
+    for engine in config.engines:
+        try:
+            adapters[engine.name] = build_adapter(engine, **{"config": config, **deps})
+        except EngineError as exc:
+            log.warning("engine %s: no adapter (%s)", engine.name, exc)
+    return adapters
 
 
 async def connect_temporal(settings: Settings) -> Client:
@@ -36,9 +72,17 @@ async def connect_temporal(settings: Settings) -> Client:
                                 data_converter=data_converter(cipher))
 
 
-def build_worker(client: Client, task_queue: str, delivery: DeliveryActivities, **kwargs: Any) -> Worker:
-    return Worker(client, task_queue=task_queue, workflows=list(WORKFLOWS), activities=activities_for(delivery),
-                  max_concurrent_activities=kwargs.pop("max_concurrent_activities", 200), **kwargs)
+# Worker tuning shared with bench/ (its bare-Temporal ceiling runs a worker with exactly these settings).
+WORKER_OPTIONS: dict[str, Any] = {"max_concurrent_activities": 200}
+
+
+def build_worker(client: Client, task_queue: str, delivery: DeliveryActivities, *,
+                 diagnostics: DiagnosticsActivities | None = None, remediation: RemediationActivities | None = None,
+                 metrics: MetricsActivities | None = None, cases: CaseActivities | None = None,
+                 sla: SlaActivities | None = None, **kwargs: Any) -> Worker:
+    return Worker(client, task_queue=task_queue, workflows=list(WORKFLOWS),
+                  activities=activities_for(delivery, diagnostics, remediation, metrics, cases, sla),
+                  **{**WORKER_OPTIONS, **kwargs})
 
 
 async def run_worker(settings: Settings, config: LifelineConfig) -> None:
@@ -48,7 +92,19 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
     async with httpx.AsyncClient() as http:
         mllp = MllpSender()
         delivery = DeliveryActivities(pool, store_cipher, config, mllp, http)
-        worker = build_worker(client, settings.task_queue, delivery)
+        adapters = engine_adapters(config, http=http, pool=pool)
+
+        async def client_provider() -> Client:
+            return client
+
+        diagnostics = DiagnosticsActivities(pool, config, adapters)
+        remediation = RemediationActivities(pool, client_provider, config, adapters, http, settings.task_queue)
+        metrics = MetricsActivities(pool, config, adapters)
+        worker = build_worker(client, settings.task_queue, delivery, diagnostics=diagnostics,
+                              remediation=remediation, metrics=metrics,
+                              cases=CaseActivities(client, settings.task_queue),
+                              sla=SlaActivities(pool, config, client, settings.task_queue, http))
+        await ensure_schedule(client, settings, config)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -57,4 +113,6 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
         async with worker:
             await stop.wait()
         await mllp.close()
+        for adapter in adapters.values():
+            await adapter.close()
     await pool.close()

@@ -194,6 +194,7 @@ class CaseInput:
     opened_by: str = "monitor"
     max_attempts: int = 3
     notify_url: str = ""  # escalation webhook
+    settle_s: float = 60.0  # how long an action gets to show its effect before verification
 
 
 @dataclass
@@ -219,6 +220,7 @@ class Diagnosis:
     evidence: list[str] = field(default_factory=list)
     bottleneck: str = ""  # for latency symptoms: accept | dispatch | queue | send
     actions: list[ProposedAction] = field(default_factory=list)
+    onset_at: str = ""  # ISO 8601: when the symptom began per the store (first failure of the streak); MTTD base
 
 
 @dataclass
@@ -239,6 +241,8 @@ class CaseState:
     mttd_s: float | None = None
     mttr_s: float | None = None
     approver: str = ""
+    org_id: str = ""
+    evidence_count: int = 0  # every evidence signal received (the list keeps only the most recent)
 
 
 @dataclass
@@ -262,3 +266,264 @@ class RestartState:
     awaiting_approval: bool = False
     error: str = ""
     history: list[str] = field(default_factory=list)
+
+
+# -- flow monitor: metrics snapshot, thresholds, detector input ------------------------------------------------
+
+CONNECTION_ERROR_CLASSES = ("refused", "reset", "timeout", "tls", "dns", "connection")
+REJECT_ERROR_CLASSES = ("ack_reject", "http_4xx")
+QUEUE_HISTORY_MAX = 20  # engine queue depths kept per channel (engine_queue_growing looks at the last K)
+
+
+@dataclass
+class MonitorThresholds:
+    """Detector thresholds, resolved from lifeline.yaml `monitor:` (see infra/config.py Monitor)."""
+
+    disabled: list[str] = field(default_factory=list)  # detector kinds switched off
+    down_consecutive_failures: int = 3
+    rejecting_rate: float = 0.2  # rejects / (successes + rejects) in the window
+    rejecting_min_rejects: int = 3
+    backlog_depth: int = 1000
+    backlog_oldest_s: float = 600.0
+    latency_p95_ms: float = 10000.0
+    latency_min_samples: int = 10
+    throughput_factor: float = 0.5  # fire when the rate is below baseline * factor
+    throughput_min_samples: int = 40
+    throughput_min_baseline_per_min: float = 1.0
+    engine_stopped_states: list[str] = field(default_factory=lambda: ["stopped", "paused", "error"])
+    engine_error_delta: int = 10
+    engine_queue_snapshots: int = 4  # K: the queue grew across each of the last K snapshots
+    engine_queue_min_growth: int = 1  # and by at least this much in total
+    malformed_rejected: int = 20
+
+
+@dataclass
+class FlowMonitorInput:
+    """What the schedule hands each run (built from config by workers/monitor.py monitor_input)."""
+
+    window_s: float = 300.0
+    thresholds: MonitorThresholds = field(default_factory=MonitorThresholds)
+    mode: str = "semi-auto"
+    approval_timeout_s: float = 3600.0
+    notify_url: str = ""
+    case_task_queue: str = ""  # empty: the monitor's own task queue
+    evaluate_sla: bool = False  # also run the `evaluate_sla` activity (set when lifeline.yaml has sla: entries)
+
+
+@dataclass
+class SnapshotInput:
+    window_s: float = 300.0
+
+
+@dataclass
+class DestinationMetrics:
+    name: str = ""
+    org_id: str = "default"
+    backlog: int = 0  # deliveries pending or started
+    oldest_pending_age_s: float = 0.0
+    successes: int = 0  # delivered attempts in the window
+    failures: int = 0  # failed attempts (retryable or permanent) in the window
+    rejects: int = 0  # AR/CR from an MLLP peer, 4xx from HTTP, in the window
+    p95_latency_ms: float = 0.0  # accept -> delivered, deliveries finished in the window
+    p95_send_ms: float = 0.0  # the successful send attempt alone
+    latency_samples: int = 0
+    consecutive_connection_failures: int = 0
+    lanes_blocked: int = 0  # lanes whose head is dead-lettered under the `block` policy
+    blocked_waiting: int = 0  # deliveries waiting behind blocked heads
+    last_error_class: str = ""
+    reject_signature: str = ""  # ack_reject, http_4xx:422
+
+
+@dataclass
+class SenderRejects:
+    sender: str = ""  # sending application/facility (system names, not PHI)
+    rejected: int = 0
+    top_code: str = ""  # most common error finding code (table 0357)
+
+
+@dataclass
+class ChannelMetrics:
+    name: str = ""
+    org_id: str = "default"
+    accepted: int = 0
+    rejected: int = 0
+    accepted_per_min: float = 0.0
+    senders: list[SenderRejects] = field(default_factory=list)
+
+
+@dataclass
+class Baseline:
+    """EWMA of a channel's accepted_per_min for one hour bucket, as it was before this snapshot was folded in."""
+
+    channel: str = ""
+    bucket: str = ""  # how:<0-167> (hour of week) or hod:<0-23> (hour of day), in the monitor's timezone
+    mean: float = 0.0
+    samples: int = 0
+
+
+@dataclass
+class EngineChannelMetrics:
+    engine: str = ""
+    channel_id: str = ""
+    name: str = ""
+    org_id: str = "default"
+    state: str = "unknown"
+    raw_state: str = ""
+    queued: int = 0
+    errors: int = 0
+    errors_delta: int = 0  # since the previous snapshot
+    queued_history: list[int] = field(default_factory=list)  # oldest first, this snapshot last
+    error: str = ""  # why the state is unknown (adapter error text)
+
+
+@dataclass
+class Snapshot:
+    observed_at: str = ""  # ISO 8601 (UTC)
+    window_s: float = 300.0
+    destinations: list[DestinationMetrics] = field(default_factory=list)
+    channels: list[ChannelMetrics] = field(default_factory=list)
+    engine_channels: list[EngineChannelMetrics] = field(default_factory=list)
+    baselines: list[Baseline] = field(default_factory=list)
+
+
+@dataclass
+class OpenCaseInput:
+    evidence: Evidence
+    case: CaseInput
+    task_queue: str = ""
+
+
+@dataclass
+class OpenCaseResult:
+    workflow_id: str = ""
+    run_id: str = ""
+
+
+@dataclass
+class FlowMonitorResult:
+    observed_at: str = ""
+    findings: int = 0
+    cases: list[str] = field(default_factory=list)
+
+
+# Activity inputs/outputs of the healing activities (diagnostics, remediation, engine control).
+
+@dataclass
+class DiagnoseInput:
+    kind: str
+    subject: str
+    org_id: str = "default"
+    evidence: list[Evidence] = field(default_factory=list)
+
+
+@dataclass
+class RecordCaseInput:
+    state: CaseState
+    audit_action: str = ""  # when set, also appends an audit row (actor below)
+    actor: str = "lifeline"
+    detail: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RecordResolutionInput:
+    org_id: str
+    signature: str
+    action: str
+    success: bool
+
+
+@dataclass
+class ActionInput:
+    case_id: str
+    org_id: str
+    action: str
+    subject: str
+    params: dict[str, str] = field(default_factory=dict)
+    approver: str = ""  # who approved (empty: ran automatically)
+
+
+@dataclass
+class ActionResult:
+    action: str
+    ok: bool
+    detail: str = ""
+    affected: int = 0
+
+
+@dataclass
+class MeasureInput:
+    kind: str
+    subject: str
+    org_id: str = "default"
+    since: str = ""  # ISO 8601: count failures/successes from here (the end of the remediation)
+
+
+@dataclass
+class Measurement:
+    at: str = ""
+    values: dict[str, float] = field(default_factory=dict)  # backlog, failures, successes, queued, received ...
+    state: str = ""  # engine channel state for engine subjects (normalised), else ""
+
+
+@dataclass
+class NotifyInput:
+    case_id: str
+    org_id: str
+    url: str
+    stage: str
+    summary: str
+
+
+@dataclass
+class AuditInput:
+    org_id: str
+    actor: str
+    action: str
+    subject: str
+    detail: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class EngineOpInput:
+    engine: str
+    channel: str
+    op: str = "status"  # status | start | stop | halt | pause | resume | clear_queue
+    org_id: str = "default"
+
+
+@dataclass
+class EngineStatus:
+    state: str  # normalised State of activities.engines.base
+    raw_state: str = ""
+    queued: int = 0
+    received: int = 0
+    sent: int = 0
+    errors: int = 0
+    capabilities: list[str] = field(default_factory=list)
+
+
+def parse_subject(subject: str) -> tuple[str, list[str]]:
+    """("destination", ["lab"]) for destination:lab; ("engine", ["mirth1", "<channel>"]) for engine:mirth1:<channel>."""
+    head, _, rest = subject.partition(":")
+    if not rest:
+        return head, []
+    if head == "engine":
+        engine, _, channel = rest.partition(":")
+        return head, [engine, channel]
+    return head, rest.split(":")
+
+
+# -- SLA evaluation (activities/sla.py; the flow monitor calls it each run) -----------------------------------
+
+@dataclass
+class EvaluateSlaInput:
+    org_id: str = ""  # empty: every org with an SLA in lifeline.yaml
+
+
+@dataclass
+class EvaluateSlaResult:
+    evaluated: int = 0  # objectives evaluated
+    opened: list[str] = field(default_factory=list)  # "<sla>/<objective>" violations opened by this run
+    closed: list[str] = field(default_factory=list)
+    escalated: list[str] = field(default_factory=list)
+    cases: list[str] = field(default_factory=list)  # remediation case workflow ids fed

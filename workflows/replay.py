@@ -5,11 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.contract import (
         QUERY_PROGRESS,
+        SA_CHANNEL,
+        SA_DESTINATION,
+        SA_MESSAGE_TYPE,
+        SA_STATUS,
         PrepareReplayInput,
         PrepareReplayResult,
         ReplayInput,
@@ -17,6 +22,8 @@ with workflow.unsafe.imports_passed_through():
         ReplayProgress,
     )
     from workflows.policies import STORE_RETRY
+
+_KEYS = {k: SearchAttributeKey.for_keyword(k) for k in (SA_CHANNEL, SA_DESTINATION, SA_MESSAGE_TYPE, SA_STATUS)}
 
 # Children in flight at once; items come sorted by lane order so a lane's head goes first.
 MAX_PARALLEL = 20
@@ -65,6 +72,8 @@ class ReplayWorkflow:
                 await workflow.execute_child_workflow(
                     "DeliveryWorkflow", item.delivery, id=item.workflow_id,
                     parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                    # The same search attributes the dispatcher gives a first delivery, so searches find replays.
+                    search_attributes=_search_attributes(item),
                     static_summary=f"replay of {item.delivery.message_id} → {item.delivery.destination}",
                 )
                 self._progress.delivered += 1
@@ -72,3 +81,10 @@ class ReplayWorkflow:
                 self._progress.failed += 1
 
         await asyncio.gather(*(one(i) for i in batch))
+
+
+def _search_attributes(item: ReplayItem) -> TypedSearchAttributes:
+    d = item.delivery
+    values = {SA_CHANNEL: d.channel, SA_DESTINATION: d.destination, SA_MESSAGE_TYPE: d.message_type,
+              SA_STATUS: "delivering"}
+    return TypedSearchAttributes([SearchAttributePair(_KEYS[k], v) for k, v in values.items()])

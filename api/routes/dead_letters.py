@@ -8,9 +8,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field, model_validator
 from temporalio.client import WorkflowQueryFailedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from activities.store import audit, blocked_lanes, list_dead_letters
+from activities.store import audit, blocked_lanes, list_dead_letters, open_dead_letter_ids
 from api.deps import ConfigDep, CurrentUser, PoolDep, SettingsDep, TemporalDep, guarded
 from api.problems import Problem
 from workflows.contract import QUERY_PROGRESS, ReplayInput, ReplayProgress, replay_workflow_id
@@ -54,23 +55,21 @@ async def replay(body: ReplayRequest, request: Request, pool: PoolDep, client: T
                  settings: SettingsDep, user: CurrentUser) -> dict[str, Any]:
     """Re-deliver dead letters by ids or by filter through a ReplayWorkflow."""
     if body.ids is not None:
-        rows = await pool.fetch("select id from dead_letters where org_id = $1 and status = 'open'"
-                                " and id = any($2::bigint[]) order by id", user.org, body.ids)
+        ids = await open_dead_letter_ids(pool, user.org, ids=body.ids)
     else:
         f = body.filter
         assert f is not None
-        rows = await pool.fetch(
-            "select id from dead_letters where org_id = $1 and status = 'open'"
-            " and ($2::text is null or destination = $2) and ($3::timestamptz is null or created_at >= $3)"
-            " and ($4::timestamptz is null or created_at < $4) order by id limit $5",
-            user.org, f.destination, f.since, f.until, MAX_REPLAY)
-    ids = [r["id"] for r in rows]
+        ids = await open_dead_letter_ids(pool, user.org, destination=f.destination, since=f.since, until=f.until,
+                                         limit=MAX_REPLAY)
     if not ids:
         raise Problem(404, "no open dead letter matches", field="ids" if body.ids is not None else "filter")
     wf_id = replay_workflow_id(f"{user.org}:{','.join(map(str, ids))}")
-    await client.start_workflow("ReplayWorkflow", ReplayInput(user.org, ids, user.subject), id=wf_id,
-                                task_queue=settings.task_queue,
-                                static_summary=f"replay of {len(ids)} dead letter(s)")
+    try:
+        await client.start_workflow("ReplayWorkflow", ReplayInput(user.org, ids, user.subject), id=wf_id,
+                                    task_queue=settings.task_queue,
+                                    static_summary=f"replay of {len(ids)} dead letter(s)")
+    except WorkflowAlreadyStartedError:
+        pass  # the same selection submitted twice while its replay has not prepared yet: one replay serves both
     await audit(pool, org_id=user.org, actor=user.subject, role=",".join(user.roles), action="dead_letters.replay",
                 subject=wf_id, detail={"ids": ids, "reason": body.reason},
                 remote_addr=request.client.host if request.client else None)

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import asyncpg
 import hl7
 import httpx
 from hl7.mllp import start_hl7_server
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowFailureError
 from temporalio.worker import Worker
 
 from activities.delivery import DeliveryActivities
@@ -32,16 +35,22 @@ class Peer:
     received: list[hl7.Message] = field(default_factory=list)
     answer: str = "AA"
     server: asyncio.Server | None = None
+    # Per control id (MSH-10) answers that override `answer`; `seen` counts every message read, answered or not.
+    answers: dict[str, str] = field(default_factory=dict)
+    seen: list[str] = field(default_factory=list)
 
     async def start(self, port: int = 0) -> int:
         async def handle(reader: Any, writer: Any) -> None:
             try:
                 while not writer.is_closing():
                     msg = await reader.readmessage()
-                    if self.answer == "AA":
+                    control = str(msg.segment("MSH")[10])
+                    self.seen.append(control)
+                    code = self.answers.get(control, self.answer)
+                    if code == "AA":
                         self.received.append(msg)
-                    ack = msg.create_ack(self.answer)
-                    if self.answer != "AA":
+                    ack = msg.create_ack(code)
+                    if code != "AA":
                         ack = hl7.parse(str(ack) + "\rERR|||207^Application internal error^HL70357|E||||peer says no")
                     writer.writemessage(ack)
                     await writer.drain()
@@ -115,6 +124,18 @@ class Engine:
         self.worker = build_worker(self.client, self.task_queue, acts)
         self._tasks.append(asyncio.create_task(self.worker.run()))
 
+    async def stop_worker(self) -> None:
+        """Take the worker down (a worker outage); start_worker() brings a new one up."""
+        if self.worker is not None:
+            await self.worker.shutdown()
+            self.worker = None
+        if self._mllp is not None:
+            await self._mllp.close()
+            self._mllp = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
     async def stop(self) -> None:
         self._stop.set()
         if self.worker is not None:
@@ -160,3 +181,105 @@ def adt(control_id: str, mrn: str, *, seq: int = 0, name: str = "DOE^JANE") -> s
         f"PID|1||{mrn}^^^GENHOSP^MR||{name}||19800101|F|||1 MAIN ST^^BOSTON^MA^02118",
         f"PV1|1|I|WARD^{seq}^1",
     ])
+
+
+async def send_mllp(port: int, texts: list[str]) -> list[str]:
+    """Send messages in order over one python-hl7 MLLP connection; return the ACK codes."""
+    from hl7.mllp import open_hl7_connection
+
+    codes: list[str] = []
+    reader, writer = await open_hl7_connection("127.0.0.1", port)
+    try:
+        for text in texts:
+            writer.writemessage(hl7.parse(text))
+            await writer.drain()
+            ack = await asyncio.wait_for(reader.readmessage(), 30)
+            codes.append(str(ack.segment("MSA")[1]))
+    finally:
+        writer.close()
+    return codes
+
+
+@dataclass
+class HttpHit:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+Responder = Callable[[HttpHit, int], tuple[int, dict[str, str], bytes]]
+
+
+class HttpPeer:
+    """A tiny downstream HTTP server (stdlib, in a thread, 127.0.0.1:free port). `respond(hit, n)` answers the
+    n-th (0-based) request to hit.path with (status, headers, body); every request is kept in `hits`."""
+
+    def __init__(self, respond: Responder) -> None:
+        self.respond = respond
+        self.hits: list[HttpHit] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> int:
+        peer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                hit = HttpHit(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic())
+                with peer._lock:
+                    n = sum(1 for h in peer.hits if h.path == hit.path)
+                    peer.hits.append(hit)
+                status, headers, out = peer.respond(hit, n)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def on(self, path: str) -> list[HttpHit]:
+        return [h for h in self.hits if h.path == path]
+
+
+@contextlib.asynccontextmanager
+async def api_client(db_url: str, temporal_address: str, task_queue: str,
+                     config: LifelineConfig) -> AsyncIterator[httpx.AsyncClient]:
+    """The REST API over the same store and Temporal as the in-process engine."""
+    from api.app import create_app
+    from tests.conftest import make_settings
+
+    app = create_app(make_settings(database_url=db_url, temporal_address=temporal_address, task_queue=task_queue),
+                     config)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            yield c
+
+
+def bearer(*roles: str, org: str = "default") -> dict[str, str]:
+    from api.auth import mint_token
+    from tests.conftest import TEST_JWT_SECRET
+
+    return {"Authorization": f"Bearer {mint_token(TEST_JWT_SECRET, subject='tester', org=org, roles=roles)}"}
+
+
+async def closed_workflow(client: Client, workflow_id: str, timeout: float = 20) -> WorkflowExecutionDescription:
+    """Wait until a workflow has closed (store rows are written before it closes), then describe it."""
+    handle = client.get_workflow_handle(workflow_id)
+    with contextlib.suppress(WorkflowFailureError):
+        await asyncio.wait_for(handle.result(), timeout)
+    return await handle.describe()

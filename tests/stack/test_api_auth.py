@@ -63,6 +63,7 @@ async def test_bad_tokens_are_401(app: FastAPI) -> None:
         forged = mint_token("another-secret-" + "y" * 40, subject="x", org="default", roles=["admin"])
         r = await client.get("/readyz", headers={"Authorization": f"Bearer {forged}"})
         assert r.status_code == 401 and "invalid token" in r.json()["detail"]
+        assert r.headers["www-authenticate"] == "Bearer" and "headers" not in r.json()
         expired = mint_token(TEST_JWT_SECRET, subject="x", org="default", roles=["admin"], ttl_seconds=-10)
         r = await client.get("/readyz", headers={"Authorization": f"Bearer {expired}"})
         assert r.status_code == 401

@@ -1,0 +1,391 @@
+"""The flow monitor's metrics snapshot: destinations and channels from PostgreSQL, engine channels via adapters.
+
+Also keeps the monitor's small state (previous engine stats, EWMA throughput baselines) in the
+`monitor_engine_stats` / `monitor_baselines` tables, so the workflow and detectors stay pure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeAlias
+from zoneinfo import ZoneInfo
+
+import asyncpg
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+
+from activities.engines.base import EngineAdapter, EngineChannel
+from infra.config import Engine, LifelineConfig
+from workflows.contract import (
+    CONNECTION_ERROR_CLASSES,
+    QUEUE_HISTORY_MAX,
+    REJECT_ERROR_CLASSES,
+    SA_CASE_KIND,
+    SA_CHANNEL,
+    SA_DESTINATION,
+    SIGNAL_EVIDENCE,
+    Baseline,
+    ChannelMetrics,
+    DestinationMetrics,
+    EngineChannelMetrics,
+    OpenCaseInput,
+    OpenCaseResult,
+    SenderRejects,
+    Snapshot,
+    SnapshotInput,
+    case_workflow_id,
+)
+from workflows.detectors import ewma
+
+log = logging.getLogger("lifeline.metrics")
+
+AdaptersProvider = Callable[[Engine], EngineAdapter]
+CASE_WORKFLOW = "RemediationCaseWorkflow"
+if TYPE_CHECKING:
+    Conn: TypeAlias = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+
+# Attempts in the window ($1 = now, $2 = window seconds), shared by the destination queries below.
+_WINDOW = """
+with w as (
+    select id, message_id, destination, at, outcome, error_class, peer_answer, duration_ms
+    from delivery_attempts where at > $1::timestamptz - make_interval(secs => $2)
+)
+"""
+
+_DEST_COUNTS = _WINDOW + """
+select destination,
+       count(*) filter (where outcome = 'delivered')::int as successes,
+       count(*) filter (where outcome <> 'delivered')::int as failures,
+       count(*) filter (where error_class = any($3::text[]))::int as rejects,
+       coalesce(percentile_cont(0.95) within group (order by duration_ms)
+                filter (where outcome = 'delivered'), 0)::float8 as p95_send
+from w group by destination
+"""
+
+_DEST_LAST_ERROR = _WINDOW + """
+select distinct on (destination) destination, error_class
+from w where outcome <> 'delivered' order by destination, at desc, id desc
+"""
+
+_DEST_LAST_REJECT = _WINDOW + """
+select distinct on (destination) destination, error_class, peer_answer
+from w where error_class = any($3::text[]) order by destination, at desc, id desc
+"""
+
+# Connection failures after the last attempt that was anything else (a success, an ACK error, ...).
+_DEST_STREAK = _WINDOW + """
+, brk as (
+    select destination, max(at) filter (where coalesce(error_class, '') <> all($3::text[])) as at
+    from w group by destination
+)
+select w.destination, count(*)::int as streak
+from w join brk using (destination)
+where w.error_class = any($3::text[]) and (brk.at is null or w.at > brk.at)
+group by w.destination
+"""
+
+# End-to-end latency (accept -> delivered) of first deliveries finished in the window; replays would skew it.
+_DEST_LATENCY = _WINDOW + """
+select w.destination, count(*)::int as n,
+       percentile_cont(0.95) within group (order by d.latency_ms)::float8 as p95
+from w join deliveries d on d.message_id = w.message_id and d.destination = w.destination
+where w.outcome = 'delivered' and d.latency_ms is not null and d.replay_count = 0
+group by w.destination
+"""
+
+_DEST_BACKLOG = """
+select destination, min(org_id) as org_id, count(*)::int as backlog,
+       coalesce(extract(epoch from ($1::timestamptz - min(created_at))), 0)::float8 as oldest
+from deliveries where status in ('pending', 'started') group by destination
+"""
+
+_DEST_BLOCKED = """
+select d.destination, count(*)::int as lanes,
+       coalesce(sum((select count(*) from deliveries b where b.destination = d.destination and b.lane = d.lane
+                     and b.seq > d.seq and b.status = 'pending')), 0)::int as waiting
+from deliveries d
+where d.status = 'dead_lettered' and d.lane is not null and d.destination = any($1::text[])
+  and not exists (select 1 from deliveries e where e.destination = d.destination and e.lane = d.lane
+                  and e.seq < d.seq and e.status = 'dead_lettered')
+group by d.destination
+"""
+
+_CHANNELS = """
+select channel, org_id,
+       count(*) filter (where status <> 'rejected')::int as accepted,
+       count(*) filter (where status = 'rejected')::int as rejected
+from messages
+where org_id = any($3::text[]) and received_at > $1::timestamptz - make_interval(secs => $2)
+group by channel, org_id
+"""
+
+# Sender = sending application/facility (system names); unparseable messages fall back to the peer host.
+_SENDER_REJECTS = """
+select m.channel,
+       case when m.sending_app = '' and m.sending_facility = ''
+            then 'peer ' || regexp_replace(coalesce(m.peer, 'unknown'), ':[0-9]+$', '')
+            else m.sending_app || '/' || m.sending_facility end as sender,
+       count(*)::int as n,
+       mode() within group (order by f.code) as top_code
+from messages m
+left join lateral (
+    select e->>'code' as code from jsonb_array_elements(m.findings) e
+    where e->>'severity' = 'error' limit 1
+) f on true
+where m.org_id = any($3::text[]) and m.status = 'rejected'
+  and m.received_at > $1::timestamptz - make_interval(secs => $2)
+group by 1, 2 order by 1, 3 desc, 2
+"""
+
+_HTTP_STATUS = re.compile(r"HTTP (\d{3})")
+
+
+def reject_signature(error_class: str, peer_answer: str | None) -> str:
+    """ack_reject, or http_4xx:<status> when the answer names one."""
+    m = _HTTP_STATUS.search(peer_answer or "")
+    return f"{error_class}:{m.group(1)}" if error_class == "http_4xx" and m else error_class
+
+
+def hour_buckets(at: datetime, tz: str) -> tuple[str, str]:
+    """(hour of week, hour of day) bucket keys in the monitor's timezone; weeks start on Monday."""
+    local = at.astimezone(ZoneInfo(tz))
+    return f"how:{local.weekday() * 24 + local.hour}", f"hod:{local.hour}"
+
+
+class MetricsActivities:
+    """Built once per worker. `adapters_provider` is either the worker's adapters by engine name (shared, closed
+    by the worker) or a callable building the adapter for an engine config (built once, closed by close())."""
+
+    def __init__(self, pool: asyncpg.Pool, config: LifelineConfig,
+                 adapters_provider: AdaptersProvider | Mapping[str, EngineAdapter] | None = None) -> None:
+        self.pool = pool
+        self.config = config
+        self.adapters_provider = adapters_provider
+        self._adapters: dict[str, EngineAdapter] = {}
+
+    async def close(self) -> None:
+        """Close the adapters this object built (not shared ones)."""
+        for adapter in self._adapters.values():
+            try:
+                await adapter.close()
+            except Exception as exc:  # closing is best effort at shutdown
+                log.info("closing engine adapter failed: %s", type(exc).__name__)
+        self._adapters.clear()
+
+    @activity.defn(name="snapshot")
+    async def snapshot(self, inp: SnapshotInput) -> Snapshot:
+        """One consistent look at the flow: per destination, per channel, per engine channel."""
+        window = float(inp.window_s or self.config.monitor.window.total_seconds())
+        async with self.pool.acquire() as conn:
+            now: datetime = await conn.fetchval("select now()")
+            destinations = await self._destinations(conn, now, window)
+            channels = await self._channels(conn, now, window)
+            baselines = await self._baselines(conn, now, channels)
+        engine_channels = await self._engines(now)
+        return Snapshot(observed_at=now.isoformat(), window_s=window, destinations=destinations,
+                        channels=channels, engine_channels=engine_channels, baselines=baselines)
+
+    # -- destinations ------------------------------------------------------------------------------------------
+
+    async def _destinations(self, conn: Conn, now: datetime, window: float) -> list[DestinationMetrics]:
+        conn_classes = list(CONNECTION_ERROR_CLASSES)
+        rejects = list(REJECT_ERROR_CLASSES)
+        out: dict[str, DestinationMetrics] = {
+            d.name: DestinationMetrics(name=d.name, org_id=d.org) for d in self.config.destinations}
+
+        def get(name: str, org: str | None = None) -> DestinationMetrics:
+            return out.setdefault(name, DestinationMetrics(name=name, org_id=org or "default"))
+
+        for r in await conn.fetch(_DEST_BACKLOG, now):
+            m = get(r["destination"], r["org_id"])
+            m.backlog, m.oldest_pending_age_s = r["backlog"], max(0.0, r["oldest"])
+        for r in await conn.fetch(_DEST_COUNTS, now, window, rejects):
+            m = get(r["destination"])
+            m.successes, m.failures, m.rejects, m.p95_send_ms = (r["successes"], r["failures"], r["rejects"],
+                                                                 r["p95_send"])
+        for r in await conn.fetch(_DEST_LAST_ERROR, now, window):
+            get(r["destination"]).last_error_class = r["error_class"] or ""
+        for r in await conn.fetch(_DEST_LAST_REJECT, now, window, rejects):
+            get(r["destination"]).reject_signature = reject_signature(r["error_class"], r["peer_answer"])
+        for r in await conn.fetch(_DEST_STREAK, now, window, conn_classes):
+            get(r["destination"]).consecutive_connection_failures = r["streak"]
+        for r in await conn.fetch(_DEST_LATENCY, now, window):
+            m = get(r["destination"])
+            m.latency_samples, m.p95_latency_ms = r["n"], r["p95"]
+        blocking = [d.name for d in self.config.destinations if d.ordered and d.on_dead_letter == "block"]
+        if blocking:
+            for r in await conn.fetch(_DEST_BLOCKED, blocking):
+                m = get(r["destination"])
+                m.lanes_blocked, m.blocked_waiting = r["lanes"], r["waiting"]
+        return [out[k] for k in sorted(out)]
+
+    # -- channels ----------------------------------------------------------------------------------------------
+
+    def _orgs(self) -> list[str]:
+        return sorted({c.org for c in self.config.channels} | {d.org for d in self.config.destinations}
+                      | {"default"})
+
+    async def _channels(self, conn: Conn, now: datetime, window: float) -> list[ChannelMetrics]:
+        out: dict[str, ChannelMetrics] = {c.name: ChannelMetrics(name=c.name, org_id=c.org)
+                                          for c in self.config.channels}
+        orgs = self._orgs()
+        for r in await conn.fetch(_CHANNELS, now, window, orgs):
+            m = out.setdefault(r["channel"], ChannelMetrics(name=r["channel"], org_id=r["org_id"]))
+            m.accepted += r["accepted"]
+            m.rejected += r["rejected"]
+        for r in await conn.fetch(_SENDER_REJECTS, now, window, orgs):
+            m = out.setdefault(r["channel"], ChannelMetrics(name=r["channel"]))
+            m.senders.append(SenderRejects(sender=r["sender"], rejected=r["n"], top_code=r["top_code"] or ""))
+        for m in out.values():
+            m.accepted_per_min = m.accepted / (window / 60.0)
+        return [out[k] for k in sorted(out)]
+
+    async def _baselines(self, conn: Conn, now: datetime,
+                         channels: list[ChannelMetrics]) -> list[Baseline]:
+        """The current hour's baselines as they were, then this snapshot folded into them (EWMA).
+
+        A bucket updated less than half an interval ago is not updated again, so a retried activity or an
+        extra manual run does not count one observation twice.
+        """
+        mon = self.config.monitor
+        alpha = mon.throughput_drop.alpha
+        min_gap = timedelta(seconds=mon.interval.total_seconds() / 2)
+        buckets = hour_buckets(now, mon.timezone)
+        names = [c.name for c in channels]
+        rows = await conn.fetch(
+            "select channel, bucket, mean, samples, updated_at from monitor_baselines"
+            " where channel = any($1::text[]) and bucket = any($2::text[])", names, list(buckets))
+        known = {(r["channel"], r["bucket"]): r for r in rows}
+        before: list[Baseline] = []
+        upd_channel: list[str] = []
+        upd_bucket: list[str] = []
+        upd_org: list[str] = []
+        upd_mean: list[float] = []
+        upd_samples: list[int] = []
+        for c in channels:
+            for bucket in buckets:
+                r = known.get((c.name, bucket))
+                mean, samples = (float(r["mean"]), int(r["samples"])) if r else (0.0, 0)
+                before.append(Baseline(channel=c.name, bucket=bucket, mean=mean, samples=samples))
+                if r is not None and now - r["updated_at"] < min_gap:
+                    continue
+                new_mean, new_samples = ewma(mean, samples, c.accepted_per_min, alpha)
+                upd_channel.append(c.name)
+                upd_bucket.append(bucket)
+                upd_org.append(c.org_id)
+                upd_mean.append(new_mean)
+                upd_samples.append(new_samples)
+        if upd_channel:
+            await conn.execute(
+                "insert into monitor_baselines (channel, bucket, org_id, mean, samples, updated_at)"
+                " select c, b, o, m, s, $6 from unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::int[])"
+                " as u(c, b, o, m, s)"
+                " on conflict (channel, bucket) do update set mean = excluded.mean, samples = excluded.samples,"
+                " updated_at = excluded.updated_at",
+                upd_channel, upd_bucket, upd_org, upd_mean, upd_samples, now)
+        return before
+
+    # -- engine channels ---------------------------------------------------------------------------------------
+
+    def _adapter(self, engine: Engine) -> EngineAdapter:
+        provider = self.adapters_provider
+        if isinstance(provider, Mapping):
+            shared = provider.get(engine.name)
+            if shared is None:
+                raise RuntimeError(f"no adapter for engine {engine.name} in this worker (see the worker log)")
+            return shared
+        adapter = self._adapters.get(engine.name)
+        if adapter is None:
+            if provider is None:
+                raise RuntimeError("no engine adapters configured in this worker")
+            adapter = provider(engine)
+            self._adapters[engine.name] = adapter
+        return adapter
+
+    async def _read_engine(self, engine: Engine) -> list[EngineChannelMetrics]:
+        try:
+            adapter = self._adapter(engine)
+            channels = await asyncio.wait_for(adapter.list_channels(), engine.timeout.total_seconds() + 5)
+        except Exception as exc:  # any failure of an engine is a finding to report, never a failed snapshot
+            text = f"{type(exc).__name__}: {exc}"[:300]
+            log.info("engine %s unreadable: %s", engine.name, type(exc).__name__)
+            ids = engine.channels or ["*"]
+            return [EngineChannelMetrics(engine=engine.name, channel_id=c, name=c, org_id=engine.org,
+                                         state="unknown", error=text) for c in ids]
+        return [_engine_metrics(engine, ch) for ch in channels
+                if not engine.channels or ch.id in engine.channels or ch.name in engine.channels]
+
+    async def _engines(self, now: datetime) -> list[EngineChannelMetrics]:
+        if not self.config.engines:
+            return []
+        results = await asyncio.gather(*(self._read_engine(e) for e in self.config.engines))
+        metrics = [m for group in results for m in group]
+        await self._fold_engine_history(now, metrics)
+        return metrics
+
+    async def _fold_engine_history(self, now: datetime, metrics: list[EngineChannelMetrics]) -> None:
+        """Error deltas and queue history against the previous snapshot; unknown states are not recorded."""
+        stale = timedelta(seconds=self.config.monitor.interval.total_seconds() * 10)
+        known = [m for m in metrics if m.state != "unknown"]
+        if not known:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "select engine, channel_id, observed_at, errors, queued_history from monitor_engine_stats"
+                " where engine = any($1::text[]) for update", sorted({m.engine for m in known}))
+            prev = {(r["engine"], r["channel_id"]): r for r in rows}
+            for m in known:
+                p = prev.get((m.engine, m.channel_id))
+                history: list[int] = []
+                if p is not None and now - p["observed_at"] <= stale:
+                    history = [int(x) for x in p["queued_history"]]
+                    # Counters that went down were reset (engine restart): everything counted since is new.
+                    m.errors_delta = m.errors - p["errors"] if m.errors >= p["errors"] else m.errors
+                m.queued_history = [*history, m.queued][-QUEUE_HISTORY_MAX:]
+            await conn.executemany(
+                "insert into monitor_engine_stats (engine, channel_id, org_id, observed_at, state, queued, errors,"
+                " queued_history) values ($1, $2, $3, $4, $5, $6, $7, $8)"
+                " on conflict (engine, channel_id) do update set org_id = excluded.org_id,"
+                " observed_at = excluded.observed_at, state = excluded.state, queued = excluded.queued,"
+                " errors = excluded.errors, queued_history = excluded.queued_history",
+                [(m.engine, m.channel_id, m.org_id, now, m.state, m.queued, m.errors, m.queued_history)
+                 for m in known])
+
+
+def _engine_metrics(engine: Engine, ch: EngineChannel) -> EngineChannelMetrics:
+    detail: dict[str, Any] = ch.detail or {}
+    return EngineChannelMetrics(engine=engine.name, channel_id=ch.id, name=ch.name, org_id=engine.org,
+                                state=str(ch.state), raw_state=ch.raw_state, queued=int(ch.queued),
+                                errors=int(ch.errors), error=str(detail.get("error", ""))[:300])
+
+
+class CaseActivities:
+    """Opens remediation cases for the monitor; built once per worker with its Temporal client."""
+
+    def __init__(self, client: Client, task_queue: str) -> None:
+        self.client = client
+        self.task_queue = task_queue
+
+    @activity.defn(name="open_or_feed_case")
+    async def open_or_feed_case(self, inp: OpenCaseInput) -> OpenCaseResult:
+        """Signal-with-start: the open case for (kind, subject) gets the evidence; none open, one starts with it."""
+        case = inp.case
+        workflow_id = case_workflow_id(case.kind, case.subject)
+        pairs = [SearchAttributePair(SearchAttributeKey.for_keyword(SA_CASE_KIND), case.kind)]
+        scope, _, name = case.subject.partition(":")
+        if scope == "destination":
+            pairs.append(SearchAttributePair(SearchAttributeKey.for_keyword(SA_DESTINATION), name))
+        elif scope == "channel":
+            pairs.append(SearchAttributePair(SearchAttributeKey.for_keyword(SA_CHANNEL), name))
+        handle = await self.client.start_workflow(
+            CASE_WORKFLOW, case, id=workflow_id, task_queue=inp.task_queue or self.task_queue,
+            start_signal=SIGNAL_EVIDENCE, start_signal_args=[inp.evidence],
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=TypedSearchAttributes(pairs))
+        log.info("case %s fed with %s evidence (%s)", workflow_id, inp.evidence.kind, inp.evidence.signature)
+        return OpenCaseResult(workflow_id=workflow_id, run_id=handle.result_run_id or "")

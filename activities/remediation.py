@@ -1,0 +1,291 @@
+"""Remediation actions, verification measurements, engine control and escalation for the healing workflows."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import httpx
+from temporalio import activity
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import ResetActivityRequest
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.engines.base import EngineAdapter, EngineNotSupported
+from activities.store import OUTBOX_CHANNEL, audit, blocked_lanes, open_dead_letter_ids
+from infra.config import LifelineConfig
+from workflows.contract import (
+    ActionInput,
+    ActionResult,
+    AuditInput,
+    EngineOpInput,
+    EngineStatus,
+    MeasureInput,
+    Measurement,
+    NotifyInput,
+    ReplayInput,
+    parse_subject,
+    replay_workflow_id,
+)
+
+log = logging.getLogger("lifeline.remediation")
+
+ERR_ACTION_UNSUPPORTED = "ActionUnsupported"
+ERR_ENGINE_UNKNOWN = "EngineUnknown"
+RESET_PARALLEL = 20
+MAX_RESET = 2000
+
+
+def _since(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+class RemediationActivities:
+    """Built once per worker: the store, a Temporal client (lazily), the config and the engine adapters."""
+
+    def __init__(self, pool: asyncpg.Pool, client_provider: Callable[[], Awaitable[Client]],
+                 config: LifelineConfig, adapters: Mapping[str, EngineAdapter] | None = None,
+                 http: httpx.AsyncClient | None = None, task_queue: str = "") -> None:
+        self.pool = pool
+        self.client_provider = client_provider
+        self.config = config
+        self.adapters = adapters or {}
+        self.http = http
+        self.task_queue = task_queue
+
+    def _adapter(self, engine: str) -> EngineAdapter:
+        adapter = self.adapters.get(engine)
+        if adapter is None:
+            raise ApplicationError(f"no adapter for engine {engine!r}", type=ERR_ENGINE_UNKNOWN, non_retryable=True)
+        return adapter
+
+    # -- actions -------------------------------------------------------------------------------------------------
+
+    @activity.defn(name="run_action")
+    async def run_action(self, inp: ActionInput) -> ActionResult:
+        """Carry out one remediation action (already approved when it needed approval)."""
+        what, parts = parse_subject(inp.subject)
+        dest = inp.params.get("destination") or (parts[0] if what in ("destination", "lane") and parts else "")
+        if inp.action in ("reconnect", "retry_now") and dest:
+            result = await self._retry_now(inp, dest)
+        elif inp.action == "replay_dead_letters" and dest:
+            result = await self._replay(inp, dest)
+        elif inp.action in ("pause_destination", "resume_destination") and dest:
+            result = await self._pause(inp, dest, inp.action == "pause_destination")
+        elif inp.action == "skip_blocked_head" and dest:
+            result = await self._skip_heads(inp, dest)
+        elif inp.action == "discard" and dest:
+            result = await self._discard(inp, dest)
+        elif inp.action == "clear_queue":
+            engine = inp.params.get("engine") or (parts[0] if what == "engine" and parts else "")
+            channel = inp.params.get("channel") or (parts[1] if what == "engine" and len(parts) > 1 else "")
+            n = await self._adapter(engine).clear_queue(channel)
+            result = ActionResult(inp.action, True, f"cleared {n} queued message(s) of {engine}/{channel}", n)
+        else:
+            raise ApplicationError(f"action {inp.action!r} does not apply to {inp.subject!r}",
+                                   type=ERR_ACTION_UNSUPPORTED, non_retryable=True)
+        await audit(self.pool, org_id=inp.org_id, actor=inp.approver or "lifeline", action=f"case.{inp.action}",
+                    subject=inp.case_id, detail={"target": inp.subject, "ok": result.ok, "detail": result.detail,
+                                                 "affected": result.affected, "approver": inp.approver})
+        return result
+
+    async def _retry_now(self, inp: ActionInput, dest: str) -> ActionResult:
+        """ResetActivity on every started delivery to dest: an attempt waiting out its backoff runs now."""
+        client = await self.client_provider()
+        ids = [r["workflow_id"] for r in await self.pool.fetch(
+            "select workflow_id from deliveries where org_id = $1 and destination = $2 and status = 'started'"
+            " order by seq limit $3", inp.org_id, dest, MAX_RESET)]
+        sem = asyncio.Semaphore(RESET_PARALLEL)
+
+        async def reset(wid: str) -> bool:
+            async with sem:
+                try:
+                    await client.workflow_service.reset_activity(ResetActivityRequest(
+                        namespace=client.namespace, execution=WorkflowExecution(workflow_id=wid), type="deliver",
+                        identity=f"lifeline-case:{inp.case_id}"))
+                    return True
+                except RPCError as exc:
+                    # NOT_FOUND / FAILED_PRECONDITION: finished meanwhile, or no such activity pending.
+                    if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION,
+                                      RPCStatusCode.INVALID_ARGUMENT):
+                        return False
+                    raise
+
+        done = await asyncio.gather(*(reset(w) for w in ids))
+        n = sum(done)
+        return ActionResult(inp.action, True, f"reset the backoff of {n} of {len(ids)} started delivery(ies)", n)
+
+    async def _replay(self, inp: ActionInput, dest: str) -> ActionResult:
+        ids = await open_dead_letter_ids(self.pool, inp.org_id, destination=dest)
+        if not ids:
+            return ActionResult(inp.action, True, "no open dead letter", 0)
+        client = await self.client_provider()
+        wf_id = replay_workflow_id(f"{inp.org_id}:{','.join(map(str, ids))}")
+        from temporalio.exceptions import WorkflowAlreadyStartedError
+
+        try:
+            await client.start_workflow("ReplayWorkflow", ReplayInput(inp.org_id, ids, inp.approver or inp.case_id),
+                                        id=wf_id, task_queue=self.task_queue or activity.info().task_queue,
+                                        static_summary=f"replay of {len(ids)} dead letter(s) for {inp.case_id}")
+        except WorkflowAlreadyStartedError:
+            pass  # the same selection is being replayed already
+        return ActionResult(inp.action, True, f"replay {wf_id} of {len(ids)} dead letter(s)", len(ids))
+
+    async def _pause(self, inp: ActionInput, dest: str, paused: bool) -> ActionResult:
+        await set_destination_paused(self.pool, inp.org_id, dest, paused, inp.approver or f"case {inp.case_id}",
+                                     inp.case_id)
+        return ActionResult(inp.action, True, f"{dest} {'paused' if paused else 'resumed'}", 1)
+
+    async def _skip_heads(self, inp: ActionInput, dest: str) -> ActionResult:
+        """Mark each blocked lane's dead-lettered head skipped (its dead letter discarded) so the lane flows."""
+        heads = await blocked_lanes(self.pool, inp.org_id, [dest])
+        if not heads:
+            return ActionResult(inp.action, True, "no blocked lane", 0)
+        ids = [h["head_message_id"] for h in heads]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("update deliveries set status = 'skipped' where org_id = $1 and destination = $2"
+                               " and message_id = any($3::text[]) and status = 'dead_lettered'", inp.org_id, dest, ids)
+            await conn.execute("update dead_letters set status = 'discarded', resolved_at = now(), resolved_by = $4"
+                               " where org_id = $1 and destination = $2 and message_id = any($3::text[])"
+                               " and status = 'open'", inp.org_id, dest, ids, inp.approver or inp.case_id)
+            await conn.execute("select pg_notify($1, '')", OUTBOX_CHANNEL)
+        return ActionResult(inp.action, True, f"skipped {len(ids)} blocked lane head(s)", len(ids))
+
+    async def _discard(self, inp: ActionInput, dest: str) -> ActionResult:
+        n = await self.pool.fetchval(
+            "with u as (update dead_letters set status = 'discarded', resolved_at = now(), resolved_by = $3"
+            " where org_id = $1 and destination = $2 and status = 'open' returning 1) select count(*) from u",
+            inp.org_id, dest, inp.approver or inp.case_id)
+        return ActionResult(inp.action, True, f"discarded {n} open dead letter(s)", int(n))
+
+    # -- verification ------------------------------------------------------------------------------------------
+
+    @activity.defn(name="measure")
+    async def measure(self, inp: MeasureInput) -> Measurement:
+        """What verification compares: backlog and failures since `since` for a destination, engine channel state."""
+        what, parts = parse_subject(inp.subject)
+        now = datetime.now().astimezone()
+        since = _since(inp.since) or now
+        if what == "engine" and len(parts) == 2:
+            st = await self.engine_status(EngineOpInput(parts[0], parts[1], "status", inp.org_id))
+            return Measurement(now.isoformat(), {"queued": st.queued, "received": st.received, "sent": st.sent,
+                                                 "errors": st.errors}, st.state)
+        if what == "channel" and parts:
+            row: Any = await self.pool.fetchrow(
+                "select count(*) filter (where status <> 'rejected') as accepted,"
+                " count(*) filter (where status = 'rejected') as rejected from messages"
+                " where org_id = $1 and channel = $2 and received_at >= $3", inp.org_id, parts[0], since)
+            return Measurement(now.isoformat(), {"accepted": row["accepted"], "rejected": row["rejected"]})
+        if what in ("destination", "lane") and parts:
+            dest = self.config.destination(parts[0])
+            blocking = dest is not None and dest.ordered and dest.on_dead_letter == "block"
+            return Measurement(now.isoformat(),
+                               await destination_metrics(self.pool, inp.org_id, parts[0], since, blocking))
+        return Measurement(now.isoformat(), {})
+
+    # -- engines -------------------------------------------------------------------------------------------------
+
+    @activity.defn(name="engine_status")
+    async def engine_status(self, inp: EngineOpInput) -> EngineStatus:
+        adapter = self._adapter(inp.engine)
+        st = await adapter.channel_status(inp.channel)
+        return EngineStatus(st.state, st.raw_state, st.queued, st.received, st.sent, st.errors,
+                            sorted(adapter.capabilities))
+
+    @activity.defn(name="engine_control")
+    async def engine_control(self, inp: EngineOpInput) -> int:
+        """start | stop | halt | pause | resume | clear_queue on one channel; returns messages cleared (else 0)."""
+        adapter = self._adapter(inp.engine)
+        try:
+            if inp.op == "clear_queue":
+                return await adapter.clear_queue(inp.channel)
+            op = {"start": adapter.start, "stop": adapter.stop, "halt": adapter.halt, "pause": adapter.pause,
+                  "resume": adapter.resume}.get(inp.op)
+            if op is None:
+                raise ApplicationError(f"unknown engine operation {inp.op!r}", type=ERR_ACTION_UNSUPPORTED,
+                                       non_retryable=True)
+            await op(inp.channel)
+        except EngineNotSupported as exc:
+            raise ApplicationError(str(exc), type=ERR_ACTION_UNSUPPORTED, non_retryable=True) from None
+        log.info("engine %s channel %s: %s", inp.engine, inp.channel, inp.op)
+        return 0
+
+    @activity.defn(name="workflow_running")
+    async def workflow_running(self, workflow_id: str) -> bool:
+        """Whether a workflow with this id runs now (a restart started by someone else, for example)."""
+        client = await self.client_provider()
+        try:
+            desc = await client.get_workflow_handle(workflow_id).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return desc.status == WorkflowExecutionStatus.RUNNING
+
+    # -- escalation and audit ---------------------------------------------------------------------------------
+
+    @activity.defn(name="notify")
+    async def notify(self, inp: NotifyInput) -> bool:
+        """POST the escalation to the notify URL (if any) and audit it; True when someone was notified."""
+        sent = False
+        if inp.url:
+            payload = {"case_id": inp.case_id, "org_id": inp.org_id, "stage": inp.stage, "summary": inp.summary}
+            http = self.http or httpx.AsyncClient()
+            try:
+                resp = await http.post(inp.url, json=payload, timeout=10.0)
+                resp.raise_for_status()
+                sent = True
+            finally:
+                if self.http is None:
+                    await http.aclose()
+        await audit(self.pool, org_id=inp.org_id, actor="lifeline", action=f"case.{inp.stage}", subject=inp.case_id,
+                    detail={"summary": inp.summary, "notified": sent})
+        return sent
+
+    @activity.defn(name="audit_event")
+    async def audit_event(self, inp: AuditInput) -> None:
+        await audit(self.pool, org_id=inp.org_id, actor=inp.actor, action=inp.action, subject=inp.subject,
+                    detail=dict(inp.detail))
+
+
+async def set_destination_paused(pool: asyncpg.Pool, org_id: str, destination: str, paused: bool, by: str,
+                                 reason: str = "") -> None:
+    await pool.execute(
+        "insert into destination_state (org_id, destination, paused, reason, changed_by, changed_at)"
+        " values ($1, $2, $3, $4, $5, now()) on conflict (org_id, destination) do update set"
+        " paused = excluded.paused, reason = excluded.reason, changed_by = excluded.changed_by, changed_at = now()",
+        org_id, destination, paused, reason, by)
+    if not paused:
+        await pool.execute("select pg_notify($1, '')", OUTBOX_CHANNEL)
+
+
+async def destination_metrics(pool: asyncpg.Pool, org_id: str, dest: str, since: datetime,
+                              blocking: bool = True) -> dict[str, float]:
+    row: Any = await pool.fetchrow(
+        "select"
+        " (select count(*) from deliveries where org_id = $1 and destination = $2"
+        "   and status in ('pending', 'started')) as backlog,"
+        " (select count(*) from dead_letters where org_id = $1 and destination = $2 and status = 'open')"
+        "   as open_dead_letters,"
+        " (select coalesce(bool_or(paused), false) from destination_state where org_id = $1 and destination = $2)"
+        "   as paused",
+        org_id, dest)
+    att: Any = await pool.fetchrow(
+        "select count(*) filter (where outcome = 'delivered') as successes,"
+        " count(*) filter (where outcome <> 'delivered') as failures,"
+        " count(*) filter (where error_class = any($4::text[])) as connection_failures,"
+        " count(*) filter (where outcome = 'permanent') as rejects"
+        " from delivery_attempts where org_id = $1 and destination = $2 and at >= $3",
+        org_id, dest, since, ["refused", "reset", "timeout", "tls", "dns", "connection"])
+    blocked = await blocked_lanes(pool, org_id, [dest]) if blocking else []
+    out: dict[str, Any] = {**dict(row), **dict(att), "blocked_lanes": len(blocked)}
+    return {k: float(v) for k, v in out.items()}

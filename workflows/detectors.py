@@ -1,0 +1,246 @@
+"""Flow detectors: pure, deterministic functions from a metrics snapshot to findings (no I/O, no clock).
+
+Run inside FlowMonitorWorkflow. Each finding is an Evidence whose subject names what is sick
+(`destination:<name>`, `channel:<name>`, `engine:<engine>:<channel id>`); the monitor opens or feeds the case
+`case:<kind>:<subject>` with it. Summaries carry names, counts and error classes only, never message content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from workflows.contract import (
+    Baseline,
+    EngineChannelMetrics,
+    Evidence,
+    MonitorThresholds,
+    Snapshot,
+    case_subject,
+)
+
+# When a cause fires for a subject, its usual symptoms on the same subject are not opened as cases of their own:
+# a down destination always has a backlog; a stopped engine channel's queue always grows.
+SUPPRESSED_BY: dict[str, tuple[str, ...]] = {
+    "destination_down": ("backlog", "latency_degraded"),
+    "lane_blocked": ("backlog",),
+    "engine_channel_stopped": ("engine_queue_growing", "engine_channel_erroring"),
+}
+
+
+def dest_subject(name: str) -> str:
+    return case_subject("destination", name)
+
+
+def channel_subject(name: str) -> str:
+    return case_subject("channel", name)
+
+
+def engine_subject(engine: str, channel_id: str) -> str:
+    return case_subject("engine", engine, channel_id)
+
+
+def ewma(mean: float, samples: int, value: float, alpha: float) -> tuple[float, int]:
+    """Fold one observation into an exponentially weighted mean; the first sample seeds it."""
+    if samples <= 0:
+        return value, 1
+    return mean + alpha * (value - mean), samples + 1
+
+
+def _ev(kind: str, subject: str, snap: Snapshot, summary: str, signature: str,
+        **metrics: float) -> Evidence:
+    return Evidence(kind=kind, subject=subject, observed_at=snap.observed_at, summary=summary,
+                    metrics={k: float(v) for k, v in metrics.items()}, signature=signature)
+
+
+def _minutes(window_s: float) -> str:
+    return f"{window_s / 60:g}m"
+
+
+# -- destinations ------------------------------------------------------------------------------------------------
+
+def destination_down(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
+    out: list[Evidence] = []
+    for d in snap.destinations:
+        not_rejects = d.failures - d.rejects
+        streak = d.consecutive_connection_failures >= t.down_consecutive_failures
+        stuck = not_rejects > 0 and d.successes == 0 and d.backlog > 0
+        if not (streak or stuck):
+            continue
+        why = (f"{d.consecutive_connection_failures} connection failures in a row" if streak
+               else f"{not_rejects} failed attempts and no success")
+        out.append(_ev("destination_down", dest_subject(d.name), snap,
+                       f"destination {d.name} unreachable: {why} in {_minutes(snap.window_s)}"
+                       f" (last error {d.last_error_class or 'unknown'}), {d.backlog} waiting",
+                       d.last_error_class or "unknown",
+                       consecutive_failures=d.consecutive_connection_failures, failures=d.failures,
+                       successes=d.successes, backlog=d.backlog, oldest_pending_age_s=d.oldest_pending_age_s))
+    return out
+
+
+def destination_rejecting(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
+    out: list[Evidence] = []
+    for d in snap.destinations:
+        finished = d.successes + d.rejects
+        rate = d.rejects / finished if finished else 0.0
+        if d.rejects >= t.rejecting_min_rejects and rate > t.rejecting_rate:
+            out.append(_ev("destination_rejecting", dest_subject(d.name), snap,
+                           f"destination {d.name} rejected {d.rejects} of {finished} messages"
+                           f" ({rate:.0%}) in {_minutes(snap.window_s)}",
+                           d.reject_signature or "ack_reject",
+                           rejects=d.rejects, successes=d.successes, reject_rate=rate))
+    return out
+
+
+def backlog(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
+    out: list[Evidence] = []
+    for d in snap.destinations:
+        if d.backlog > t.backlog_depth or d.oldest_pending_age_s > t.backlog_oldest_s:
+            out.append(_ev("backlog", dest_subject(d.name), snap,
+                           f"destination {d.name} has {d.backlog} deliveries waiting, oldest"
+                           f" {d.oldest_pending_age_s:.0f}s", d.last_error_class or "slow",
+                           backlog=d.backlog, oldest_pending_age_s=d.oldest_pending_age_s,
+                           successes=d.successes))
+    return out
+
+
+def lane_blocked(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
+    return [
+        _ev("lane_blocked", dest_subject(d.name), snap,
+            f"destination {d.name}: {d.lanes_blocked} ordered lane(s) blocked by a dead-lettered head,"
+            f" {d.blocked_waiting} waiting behind", d.last_error_class or "dead_letter",
+            lanes_blocked=d.lanes_blocked, blocked_waiting=d.blocked_waiting)
+        for d in snap.destinations if d.lanes_blocked > 0
+    ]
+
+
+def latency_degraded(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
+    return [
+        _ev("latency_degraded", dest_subject(d.name), snap,
+            f"destination {d.name}: p95 accept-to-delivered latency {d.p95_latency_ms:.0f}ms over"
+            f" {d.latency_samples} deliveries (limit {t.latency_p95_ms:.0f}ms)", "latency",
+            p95_latency_ms=d.p95_latency_ms, p95_send_ms=d.p95_send_ms, samples=d.latency_samples,
+            backlog=d.backlog)
+        for d in snap.destinations
+        if d.latency_samples >= t.latency_min_samples and d.p95_latency_ms > t.latency_p95_ms
+    ]
+
+
+# -- channels ----------------------------------------------------------------------------------------------------
+
+def pick_baseline(channel: str, baselines: Iterable[Baseline], min_samples: int) -> Baseline | None:
+    """The hour-of-week baseline once it has learned enough, else the hour-of-day one, else None."""
+    mine = {b.bucket.split(":", 1)[0]: b for b in baselines if b.channel == channel}
+    for prefix in ("how", "hod"):
+        b = mine.get(prefix)
+        if b is not None and b.samples >= min_samples:
+            return b
+    return None
+
+
+def throughput_drop(snap: Snapshot, t: MonitorThresholds, baselines: list[Baseline]) -> list[Evidence]:
+    out: list[Evidence] = []
+    for c in snap.channels:
+        b = pick_baseline(c.name, baselines, t.throughput_min_samples)
+        if b is None or b.mean < t.throughput_min_baseline_per_min:
+            continue
+        if c.accepted_per_min < b.mean * t.throughput_factor:
+            out.append(_ev("throughput_drop", channel_subject(c.name), snap,
+                           f"channel {c.name} accepts {c.accepted_per_min:.1f}/min, usual for this hour"
+                           f" {b.mean:.1f}/min ({b.bucket}, {b.samples} samples)", "throughput_drop",
+                           accepted_per_min=c.accepted_per_min, baseline_per_min=b.mean,
+                           baseline_samples=b.samples, ratio=c.accepted_per_min / b.mean if b.mean else 0.0))
+    return out
+
+
+def malformed_burst(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
+    out: list[Evidence] = []
+    for c in snap.channels:
+        for s in c.senders:
+            if s.rejected > t.malformed_rejected:
+                out.append(_ev("malformed_burst", channel_subject(c.name), snap,
+                               f"channel {c.name}: {s.rejected} messages from {s.sender} rejected in"
+                               f" {_minutes(snap.window_s)} (most common error {s.top_code or 'unknown'})",
+                               f"hl7_error:{s.top_code}" if s.top_code else "malformed",
+                               rejected=s.rejected, channel_rejected=c.rejected, channel_accepted=c.accepted))
+    return out
+
+
+# -- engine channels ---------------------------------------------------------------------------------------------
+
+def _label(e: EngineChannelMetrics) -> str:
+    return f"{e.engine} channel {e.name or e.channel_id}"
+
+
+def engine_channel_stopped(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
+    return [
+        _ev("engine_channel_stopped", engine_subject(e.engine, e.channel_id), snap,
+            f"{_label(e)} is {e.state} ({e.raw_state or e.state}), {e.queued} queued",
+            f"engine:{e.state.upper()}", queued=e.queued, errors=e.errors)
+        for e in snap.engine_channels if e.state in t.engine_stopped_states
+    ]
+
+
+def engine_channel_erroring(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
+    return [
+        _ev("engine_channel_erroring", engine_subject(e.engine, e.channel_id), snap,
+            f"{_label(e)}: {e.errors_delta} new errors since the last snapshot ({e.errors} total)",
+            "engine:ERRORS", errors_delta=e.errors_delta, errors=e.errors, queued=e.queued)
+        for e in snap.engine_channels if e.errors_delta > t.engine_error_delta
+    ]
+
+
+def _growing(history: list[int], k: int, min_growth: int) -> bool:
+    last = history[-k:]
+    return (len(last) == k and all(b > a for a, b in zip(last, last[1:], strict=False))
+            and last[-1] - last[0] >= min_growth)
+
+
+def engine_queue_growing(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
+    k = t.engine_queue_snapshots
+    return [
+        _ev("engine_queue_growing", engine_subject(e.engine, e.channel_id), snap,
+            f"{_label(e)}: queue grew across the last {k} snapshots to {e.queued}",
+            "engine:QUEUE_GROWING", queued=e.queued, growth=e.queued_history[-1] - e.queued_history[-k])
+        for e in snap.engine_channels if _growing(e.queued_history, k, t.engine_queue_min_growth)
+    ]
+
+
+Detector = Callable[[Snapshot, MonitorThresholds, list[Baseline]], list[Evidence]]
+DETECTORS: dict[str, Detector] = {
+    "destination_down": destination_down,
+    "destination_rejecting": destination_rejecting,
+    "backlog": backlog,
+    "lane_blocked": lane_blocked,
+    "latency_degraded": latency_degraded,
+    "throughput_drop": throughput_drop,
+    "engine_channel_stopped": engine_channel_stopped,
+    "engine_channel_erroring": engine_channel_erroring,
+    "engine_queue_growing": engine_queue_growing,
+    "malformed_burst": malformed_burst,
+}
+
+
+def detect(snapshot: Snapshot, thresholds: MonitorThresholds,
+           baselines: list[Baseline] | None = None) -> list[Evidence]:
+    """Every enabled detector over one snapshot, symptoms of a firing cause on the same subject left out."""
+    base = snapshot.baselines if baselines is None else baselines
+    found: list[Evidence] = []
+    for kind, fn in DETECTORS.items():
+        if kind not in thresholds.disabled:
+            found.extend(fn(snapshot, thresholds, base))
+    causes = {(e.kind, e.subject) for e in found}
+    suppressed = {(symptom, subject) for kind, subject in causes for symptom in SUPPRESSED_BY.get(kind, ())}
+    return [e for e in found if (e.kind, e.subject) not in suppressed]
+
+
+def subject_orgs(snapshot: Snapshot) -> dict[str, str]:
+    """The org each subject of the snapshot belongs to (cases are opened in that org)."""
+    orgs: dict[str, str] = {}
+    for d in snapshot.destinations:
+        orgs[dest_subject(d.name)] = d.org_id
+    for c in snapshot.channels:
+        orgs[channel_subject(c.name)] = c.org_id
+    for e in snapshot.engine_channels:
+        orgs[engine_subject(e.engine, e.channel_id)] = e.org_id
+    return orgs
+
