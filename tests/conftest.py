@@ -84,7 +84,30 @@ async def temporal_env(cipher: Cipher) -> AsyncIterator[WorkflowEnvironment]:
         dev_server_log_level="error",
     )
     yield env
+    if os.environ.get("LIFELINE_RECORD_HISTORIES"):
+        await record_histories(env.client)
     await env.shutdown()
+
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+async def record_histories(client: Client) -> None:
+    """Keep one closed history per workflow type and outcome for the replay test (run the suite with
+    LIFELINE_RECORD_HISTORIES=1 after a workflow change that is meant to be compatible; never overwrite)."""
+    from workers.worker import WORKFLOWS
+
+    HISTORIES.mkdir(exist_ok=True)
+    for wf in WORKFLOWS:
+        name = getattr(wf, "__temporal_workflow_definition").name
+        for status in ("Completed", "Failed"):
+            target = HISTORIES / f"{name}-{status.lower()}.json"
+            if target.exists():
+                continue
+            query = f"WorkflowType = '{name}' AND ExecutionStatus = '{status}'"
+            async for execution in client.list_workflows(query, limit=1):
+                history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
+                target.write_text(history.to_json())
 
 
 @pytest.fixture

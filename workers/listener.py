@@ -10,15 +10,15 @@ import ssl
 from dataclasses import dataclass, field
 
 import asyncpg
-from interop.ack import build_nak_for_unparseable
-from interop.mllp import FrameDecoder, FrameTooLarge, encode
 
 from activities.store import accept
 from infra.config import Channel, LifelineConfig
 from infra.crypto import Cipher
 from infra.db import create_pool
 from infra.settings import Settings
+from interop.ack import build_nak_for_unparseable
 from interop.errors import APPLICATION_INTERNAL_ERROR, HL7ParseError
+from interop.mllp import FrameDecoder, FrameTooLarge, encode
 
 log = logging.getLogger("lifeline.listener")
 
@@ -109,7 +109,6 @@ class ChannelListener:
             err = HL7ParseError("message not stored (store unavailable); resend", code=APPLICATION_INTERNAL_ERROR)
             try:
                 from interop.ack import build_ack
-
                 from interop.message import parse
 
                 return build_ack(parse(frame.decode("utf-8", errors="replace")), code="AE", text=err.reason)

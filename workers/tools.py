@@ -517,3 +517,65 @@ def _configure_audit(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS["audit"] = (cmd_audit, "audit log tools: `lifeline audit verify [--org ORG]`", _configure_audit)
+
+
+def cmd_apikey(args: argparse.Namespace) -> int:
+    """Create, list or revoke API keys of EHR senders; a new key is printed once and stored only as a hash."""
+    import asyncpg
+
+    from activities.store import audit
+    from api.auth import hash_api_key, new_api_key
+    from infra.db import init_connection
+    from workers.cli import _settings
+
+    url = args.database_url or _settings(args).database_url
+
+    async def run() -> int:
+        try:
+            conn = await asyncpg.connect(url)
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"lifeline apikey: cannot connect to the database: {exc}", file=sys.stderr)
+            return 2
+        await init_connection(conn)
+        try:
+            if args.apikey_command == "create":
+                key = new_api_key()
+                await conn.execute("insert into api_keys (org_id, name, key_hash, role) values ($1, $2, $3, $4)",
+                                   args.org, args.name, hash_api_key(key), args.role)
+                await audit(conn, org_id=args.org, actor="cli", action="api_key.create", subject=args.name,
+                            detail={"role": args.role})
+                print(key)
+            elif args.apikey_command == "revoke":
+                done = await conn.execute("update api_keys set revoked_at = now() where org_id = $1 and name = $2"
+                                          " and revoked_at is null", args.org, args.name)
+                if done.endswith(" 0"):
+                    print(f"lifeline apikey: no active key named {args.name!r} in org {args.org!r}", file=sys.stderr)
+                    return 1
+                await audit(conn, org_id=args.org, actor="cli", action="api_key.revoke", subject=args.name)
+                print(f"revoked {args.name}")
+            else:
+                for r in await conn.fetch("select name, role, created_at, revoked_at from api_keys where org_id = $1"
+                                          " order by id", args.org):
+                    state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
+                    print(f"{r['name']}\t{r['role']}\t{r['created_at']:%Y-%m-%d}\t{state}")
+        finally:
+            await conn.close()
+        return 0
+
+    return asyncio.run(run())
+
+
+def _configure_apikey(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="apikey_command", required=True, metavar="SUBCOMMAND")
+    for name, help_ in (("create", "create a key (printed once)"), ("revoke", "revoke a key by name"),
+                        ("list", "list the org's keys")):
+        s = sub.add_parser(name, help=help_, description=help_)
+        s.add_argument("--org", default="default")
+        s.add_argument("--database-url", help="PostgreSQL URL (default LIFELINE_DATABASE_URL)")
+        if name != "list":
+            s.add_argument("--name", required=True)
+        if name == "create":
+            s.add_argument("--role", default="sender", choices=["sender", "viewer"])
+
+
+COMMANDS["apikey"] = (cmd_apikey, "manage API keys of EHR senders: create | revoke | list", _configure_apikey)
