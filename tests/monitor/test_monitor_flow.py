@@ -101,6 +101,10 @@ async def test_healthy_flow_opens_nothing(temporal_client: Client, task_queue: s
 
 @pytest.fixture
 async def schedule_cleanup(temporal_client: Client) -> AsyncIterator[None]:
+    # Other tests run real `lifeline worker` processes against this server, and each creates the schedule for
+    # its own task queue: start from none, so recent actions are this test's.
+    with contextlib.suppress(RPCError):
+        await temporal_client.get_schedule_handle(MONITOR_SCHEDULE_ID).delete()
     yield
     with contextlib.suppress(RPCError):  # nothing to clean when creation failed
         await temporal_client.get_schedule_handle(MONITOR_SCHEDULE_ID).delete()
