@@ -261,7 +261,8 @@ class SlaEvaluator:
                             signature=f"sla:{row['objective']}")
         case = CaseInput(kind=kind, subject=subject, org_id=sla.org, mode=self.config.remediation.mode,
                          approval_timeout_s=self.config.remediation.approval_timeout.total_seconds(),
-                         opened_by=f"sla:{sla.name}", notify_url=sla.alert_webhook or "")
+                         opened_by=f"sla:{sla.name}", notify_url=sla.alert_webhook or "",
+                         settle_s=self.config.remediation.settle.total_seconds())
         pairs = [SearchAttributePair(SearchAttributeKey.for_keyword(SA_CASE_KIND), kind),
                  SearchAttributePair(SearchAttributeKey.for_keyword(SA_DESTINATION), sla.destination)]
         try:

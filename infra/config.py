@@ -118,8 +118,15 @@ class MllpOut(_Model):
     ack_timeout: Duration = timedelta(seconds=30)
     connect_timeout: Duration = timedelta(seconds=10)
     tls: bool = False
+    ca_file: Path | None = None  # with tls: trust this CA bundle (PEM) instead of the system trust store
     rewrite_receiving_application: str | None = None  # MSH-5
     rewrite_receiving_facility: str | None = None  # MSH-6
+
+    @model_validator(mode="after")
+    def _ca_needs_tls(self) -> MllpOut:
+        if self.ca_file is not None and not self.tls:
+            raise ValueError("ca_file is only used with tls: true")
+        return self
 
 
 class FhirOut(_Model):
@@ -212,6 +219,7 @@ class Engine(_Model):
 class Remediation(_Model):
     mode: Literal["manual", "semi-auto", "full-auto"] = "semi-auto"
     approval_timeout: Duration = timedelta(hours=1)
+    settle: Duration = timedelta(seconds=60)  # how long an action gets to show its effect before verification
 
 
 class _Detector(_Model):

@@ -83,10 +83,12 @@ def payloads_from_json(items: Iterable[Mapping[str, object]]) -> list[Payload]:
     out = []
     for item in items:
         meta = item.get("metadata") or {}
-        assert isinstance(meta, Mapping)
+        if not isinstance(meta, Mapping):
+            raise TypeError("payload metadata must be an object of base64 strings")
         data = item.get("data") or ""
-        out.append(Payload(metadata={str(k): base64.b64decode(str(v)) for k, v in meta.items()},
-                           data=base64.b64decode(str(data))))
+        # validate=True: stray characters are an error, not silently dropped (which would decode to b"").
+        out.append(Payload(metadata={str(k): base64.b64decode(str(v), validate=True) for k, v in meta.items()},
+                           data=base64.b64decode(str(data), validate=True)))
     return out
 
 

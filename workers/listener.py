@@ -18,7 +18,7 @@ from infra.db import create_pool
 from infra.settings import Settings
 from interop.ack import build_nak_for_unparseable
 from interop.errors import APPLICATION_INTERNAL_ERROR, HL7ParseError
-from interop.mllp import FrameDecoder, FrameTooLarge, encode
+from interop.mllp import FrameDecoder, FrameTooLarge, encode, read_frame
 
 log = logging.getLogger("lifeline.listener")
 
@@ -73,15 +73,13 @@ class ChannelListener:
         idle = cfg.idle_timeout.total_seconds()
         try:
             while True:
+                # read_frame hands out frames that arrived together one at a time, and those before an oversized
+                # frame before its FrameTooLarge, so a pipelining sender gets every answer, in order.
                 try:
-                    data = await asyncio.wait_for(reader.read(65536), timeout=idle)
+                    frame = await asyncio.wait_for(read_frame(reader, decoder), timeout=idle)
                 except TimeoutError:
                     log.info("channel %s: closing idle connection from %s", self.channel.name, peer_text)
                     break
-                if not data:
-                    break
-                try:
-                    frames = decoder.feed(data)
                 except FrameTooLarge as exc:
                     nak = build_nak_for_unparseable(
                         "", HL7ParseError(f"message larger than {cfg.max_message_bytes} bytes", code="100"))
@@ -89,9 +87,10 @@ class ChannelListener:
                     writer.write(encode(nak))
                     await writer.drain()
                     continue
-                for frame in frames:
-                    writer.write(encode(await self._accept(frame, peer_text)))
-                    await writer.drain()
+                if frame is None:
+                    break
+                writer.write(encode(await self._accept(frame, peer_text)))
+                await writer.drain()
         except (ConnectionError, OSError) as exc:
             log.info("channel %s: connection from %s ended: %s", self.channel.name, peer_text, type(exc).__name__)
         finally:

@@ -10,11 +10,11 @@ import ssl
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from interop.ack import build_ack, build_nak_for_unparseable, parse_ack
 from interop.errors import FramingError, HL7ParseError, InteropError
@@ -482,12 +482,13 @@ COMMANDS["demo"] = (cmd_demo, "run a demo receiver and feed a channel a realisti
                     _configure_demo)
 
 
-# -- lifeline audit verify ----------------------------------------------------------------------------------------
-def cmd_audit(args: argparse.Namespace) -> int:
-    """Recompute the audit log's hash chain: 'ok: N rows' (exit 0) or the first broken row id (exit 1)."""
+# -- commands against the database ------------------------------------------------------------------------------
+def _with_database(args: argparse.Namespace, prog: str,
+                   body: Callable[[Any], Awaitable[int]]) -> int:
+    """Connect (jsonb codecs registered), run body(conn), close; a connection failure is one line and exit 2."""
     import asyncpg
 
-    from activities.audit import verify_chain
+    from infra.db import init_connection
     from workers.cli import _settings
 
     url = args.database_url or _settings(args).database_url
@@ -496,16 +497,28 @@ def cmd_audit(args: argparse.Namespace) -> int:
         try:
             conn = await asyncpg.connect(url)
         except (OSError, asyncpg.PostgresError) as exc:
-            print(f"lifeline audit verify: cannot connect to the database: {exc}", file=sys.stderr)
+            print(f"{prog}: cannot connect to the database: {exc}", file=sys.stderr)
             return 2
         try:
-            result = await verify_chain(conn, args.org)
+            await init_connection(conn)
+            return await body(conn)
         finally:
             await conn.close()
+
+    return asyncio.run(run())
+
+
+# -- lifeline audit verify ----------------------------------------------------------------------------------------
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Recompute the audit log's hash chain: 'ok: N rows' (exit 0) or the first broken row id (exit 1)."""
+    from activities.audit import verify_chain
+
+    async def body(conn: Any) -> int:
+        result = await verify_chain(conn, args.org)
         print(result.line())
         return 0 if result.ok else 1
 
-    return asyncio.run(run())
+    return _with_database(args, "lifeline audit verify", body)
 
 
 def _configure_audit(p: argparse.ArgumentParser) -> None:
@@ -521,48 +534,33 @@ COMMANDS["audit"] = (cmd_audit, "audit log tools: `lifeline audit verify [--org 
 
 def cmd_apikey(args: argparse.Namespace) -> int:
     """Create, list or revoke API keys of EHR senders; a new key is printed once and stored only as a hash."""
-    import asyncpg
-
     from activities.store import audit
     from api.auth import hash_api_key, new_api_key
-    from infra.db import init_connection
-    from workers.cli import _settings
 
-    url = args.database_url or _settings(args).database_url
-
-    async def run() -> int:
-        try:
-            conn = await asyncpg.connect(url)
-        except (OSError, asyncpg.PostgresError) as exc:
-            print(f"lifeline apikey: cannot connect to the database: {exc}", file=sys.stderr)
-            return 2
-        await init_connection(conn)
-        try:
-            if args.apikey_command == "create":
-                key = new_api_key()
-                await conn.execute("insert into api_keys (org_id, name, key_hash, role) values ($1, $2, $3, $4)",
-                                   args.org, args.name, hash_api_key(key), args.role)
-                await audit(conn, org_id=args.org, actor="cli", action="api_key.create", subject=args.name,
-                            detail={"role": args.role})
-                print(key)
-            elif args.apikey_command == "revoke":
-                done = await conn.execute("update api_keys set revoked_at = now() where org_id = $1 and name = $2"
-                                          " and revoked_at is null", args.org, args.name)
-                if done.endswith(" 0"):
-                    print(f"lifeline apikey: no active key named {args.name!r} in org {args.org!r}", file=sys.stderr)
-                    return 1
-                await audit(conn, org_id=args.org, actor="cli", action="api_key.revoke", subject=args.name)
-                print(f"revoked {args.name}")
-            else:
-                for r in await conn.fetch("select name, role, created_at, revoked_at from api_keys where org_id = $1"
-                                          " order by id", args.org):
-                    state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
-                    print(f"{r['name']}\t{r['role']}\t{r['created_at']:%Y-%m-%d}\t{state}")
-        finally:
-            await conn.close()
+    async def body(conn: Any) -> int:
+        if args.apikey_command == "create":
+            key = new_api_key()
+            await conn.execute("insert into api_keys (org_id, name, key_hash, role) values ($1, $2, $3, $4)",
+                               args.org, args.name, hash_api_key(key), args.role)
+            await audit(conn, org_id=args.org, actor="cli", action="api_key.create", subject=args.name,
+                        detail={"role": args.role})
+            print(key)
+        elif args.apikey_command == "revoke":
+            done = await conn.execute("update api_keys set revoked_at = now() where org_id = $1 and name = $2"
+                                      " and revoked_at is null", args.org, args.name)
+            if done.endswith(" 0"):
+                print(f"lifeline apikey: no active key named {args.name!r} in org {args.org!r}", file=sys.stderr)
+                return 1
+            await audit(conn, org_id=args.org, actor="cli", action="api_key.revoke", subject=args.name)
+            print(f"revoked {args.name}")
+        else:
+            for r in await conn.fetch("select name, role, created_at, revoked_at from api_keys where org_id = $1"
+                                      " order by id", args.org):
+                state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
+                print(f"{r['name']}\t{r['role']}\t{r['created_at']:%Y-%m-%d}\t{state}")
         return 0
 
-    return asyncio.run(run())
+    return _with_database(args, "lifeline apikey", body)
 
 
 def _configure_apikey(p: argparse.ArgumentParser) -> None:

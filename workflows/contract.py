@@ -308,6 +308,7 @@ class FlowMonitorInput:
     notify_url: str = ""
     case_task_queue: str = ""  # empty: the monitor's own task queue
     evaluate_sla: bool = False  # also run the `evaluate_sla` activity (set when lifeline.yaml has sla: entries)
+    settle_s: float = 60.0  # CaseInput.settle_s of the cases it opens (remediation.settle)
 
 
 @dataclass

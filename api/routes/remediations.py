@@ -103,7 +103,7 @@ async def list_cases(pool: PoolDep, user: CurrentUser, kind: str | None = None, 
     return {"items": [dict(r) for r in rows], "limit": limit, "offset": offset}
 
 
-@router.get("/api/remediations/{case_id}", **guarded("viewer"))
+@router.get("/api/remediations/{case_id:path}", **guarded("viewer"))
 async def get_case(case_id: str, pool: PoolDep, client: TemporalDep, user: CurrentUser) -> dict[str, Any]:
     """A case: the live workflow state when it runs, else the recorded row."""
     _check_case_id(case_id)
@@ -128,7 +128,8 @@ async def open_case(body: CaseCreate, request: Request, pool: PoolDep, client: T
     kind: str = body.kind
     case_id = case_workflow_id(kind, body.subject)
     inp = CaseInput(kind, body.subject, user.org, body.mode or config.remediation.mode,
-                    config.remediation.approval_timeout.total_seconds(), opened_by=user.subject)
+                    config.remediation.approval_timeout.total_seconds(), opened_by=user.subject,
+                    settle_s=config.remediation.settle.total_seconds())
     ev = Evidence(kind, body.subject, datetime.now(UTC).isoformat(), f"opened by hand by {user.subject}",
                   signature="")
     handle = await client.start_workflow(
@@ -169,14 +170,14 @@ async def _decide(case_id: str, body: Decision, request: Request, pool: Any, cli
     return {"case_id": case_id, "decision": signal, "action": action, "approver": user.subject}
 
 
-@router.post("/api/remediations/{case_id}/approve", **guarded("oncall"))
+@router.post("/api/remediations/{case_id:path}/approve", **guarded("oncall"))
 async def approve(case_id: str, body: Decision, request: Request, pool: PoolDep, client: TemporalDep,
                   user: CurrentUser) -> dict[str, Any]:
     """Approve the action the case waits on; the approver is the caller."""
     return await _decide(case_id, body, request, pool, client, user, True)
 
 
-@router.post("/api/remediations/{case_id}/reject", **guarded("oncall"))
+@router.post("/api/remediations/{case_id:path}/reject", **guarded("oncall"))
 async def reject(case_id: str, body: Decision, request: Request, pool: PoolDep, client: TemporalDep,
                  user: CurrentUser) -> dict[str, Any]:
     """Reject the action the case waits on; the case moves to its next action."""
@@ -224,7 +225,7 @@ async def engine_channels(engine: str, request: Request, config: ConfigDep, user
             "items": [dataclasses.asdict(c) for c in channels]}
 
 
-@router.post("/api/engines/{engine}/channels/{channel}/restart", status_code=202, **guarded("operator"))
+@router.post("/api/engines/{engine}/channels/{channel:path}/restart", status_code=202, **guarded("operator"))
 async def restart_channel(engine: str, channel: str, body: RestartRequest, request: Request, pool: PoolDep,
                           client: TemporalDep, settings: SettingsDep, config: ConfigDep,
                           user: CurrentUser) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -39,7 +40,7 @@ class Peer:
     answers: dict[str, str] = field(default_factory=dict)
     seen: list[str] = field(default_factory=list)
 
-    async def start(self, port: int = 0) -> int:
+    async def start(self, port: int = 0, ssl: Any = None) -> int:
         async def handle(reader: Any, writer: Any) -> None:
             try:
                 while not writer.is_closing():
@@ -59,7 +60,7 @@ class Peer:
             finally:
                 writer.close()
 
-        self.server = await start_hl7_server(handle, "127.0.0.1", port)
+        self.server = await start_hl7_server(handle, "127.0.0.1", port, ssl=ssl)
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
@@ -283,3 +284,102 @@ async def closed_workflow(client: Client, workflow_id: str, timeout: float = 20)
     with contextlib.suppress(WorkflowFailureError):
         await asyncio.wait_for(handle.result(), timeout)
     return await handle.describe()
+
+
+class Hl7apyPeer:
+    """hl7apy's threaded MLLPServer downstream: one message per connection, closed right after the ACK."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self._lock = threading.Lock()
+        self._server: Any = None
+
+    def start(self) -> int:
+        from hl7apy.mllp import AbstractHandler, MLLPServer
+
+        peer = self
+
+        class AckHandler(AbstractHandler):  # type: ignore[misc]
+            def reply(self) -> str:
+                msg = hl7.parse(self.incoming_message)
+                with peer._lock:
+                    peer.received.append(str(msg.segment("MSH")[10]))
+                return "\x0b" + str(msg.create_ack("AA")) + "\x1c\r"
+
+        self._server = MLLPServer("127.0.0.1", 0, {"ADT^A08^ADT_A01": (AckHandler,)})
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+@dataclass
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_pki(directory: Path) -> Pki:
+    """A throw-away CA, a server certificate for 127.0.0.1/localhost and a client certificate, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        return path
+
+    def write_cert(cert: x509.Certificate, path: Path) -> Path:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (x509.CertificateBuilder().subject_name(name("Lifeline Test CA")).issuer_name(name("Lifeline Test CA"))
+               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                            content_commitment=False, key_encipherment=False,
+                                            data_encipherment=False, key_agreement=False, encipher_only=False,
+                                            decipher_only=False), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+               .sign(ca_key, hashes.SHA256()))
+
+    def leaf(cn: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName]) -> tuple[x509.Certificate, Any]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca_cert.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                                  critical=False))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(ca_key, hashes.SHA256()), key
+
+    server_cert, server_key = leaf("127.0.0.1", ExtendedKeyUsageOID.SERVER_AUTH,
+                                   [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    client_cert, client_key = leaf("ehr-sender", ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    return Pki(ca=write_cert(ca_cert, directory / "ca.pem"),
+               server_cert=write_cert(server_cert, directory / "server.pem"),
+               server_key=write_key(server_key, directory / "server.key"),
+               client_cert=write_cert(client_cert, directory / "client.pem"),
+               client_key=write_key(client_key, directory / "client.key"))
