@@ -6,8 +6,10 @@ per message costs throughput on a one-shard Temporal server.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import asyncpg
@@ -139,7 +141,7 @@ class DeliveryActivities:
         started = time.monotonic()
         try:
             message = parse(body)
-            answer = await self._send(dest, message, inp)
+            answer = await _heartbeating(self._send(dest, message, inp))
         except SendError as exc:
             duration = int((time.monotonic() - started) * 1000)
             outcome = "permanent" if exc.permanent else "retryable"
@@ -232,6 +234,24 @@ class DeliveryActivities:
                     delivery_input(dest, r["message_id"], inp.org_id, r["channel"], r["message_type"], replay),
                     r["lane"]))
         return PrepareReplayResult(items)
+
+
+HEARTBEAT_EVERY_S = 2.0
+
+
+async def _heartbeating(coro: Coroutine[Any, Any, str]) -> str:
+    """Await a send, heartbeating while it takes long, so a dead worker is noticed by the heartbeat timeout
+    instead of the whole attempt timeout; a fast send (the usual case) sends no heartbeat at all."""
+    task = asyncio.ensure_future(coro)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_S)
+            if done:
+                return task.result()
+            activity.heartbeat()
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def _delay(seconds: float | None) -> Any:

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.policies import STORE_RETRY
 
 STATUS_KEY = SearchAttributeKey.for_keyword(SA_STATUS)
+HEARTBEAT_TIMEOUT_S = 10.0
 
 
 @workflow.defn(name="DeliveryWorkflow")
@@ -50,6 +51,8 @@ class DeliveryWorkflow:
                 "deliver",
                 DeliverActivityInput(inp.message_id, inp.destination, inp.org_id, workflow.info().workflow_id),
                 start_to_close_timeout=timedelta(seconds=inp.attempt_timeout_s),
+                # The activity heartbeats during a slow send: a killed worker costs seconds, not the attempt timeout.
+                heartbeat_timeout=timedelta(seconds=HEARTBEAT_TIMEOUT_S),
                 retry_policy=retry,
                 result_type=DeliverActivityResult,
             )
