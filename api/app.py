@@ -58,9 +58,9 @@ def create_app(settings: Settings | None = None, config: LifelineConfig | None =
                   description="Self-healing HL7 v2 integration engine on Temporal")
     app.state.settings = settings
     app.state.config = config
-    app.state.cipher = Cipher(settings.codec_key_id, settings.key("codec_key"))
+    app.state.cipher = settings.cipher("codec")
     app.state.codec = EncryptionCodec(app.state.cipher)
-    app.state.store_cipher = Cipher(settings.store_key_id, settings.key("store_key"))
+    app.state.store_cipher = settings.cipher("store")
     app.state.temporal = temporal_connector(settings, app.state.cipher)
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
                        allow_methods=["*"], allow_headers=["*"])

@@ -6,10 +6,13 @@ import base64
 import binascii
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from infra.crypto import Cipher
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "dev", "development"})
 
@@ -55,6 +58,9 @@ class Settings(BaseSettings):
     store_key_id: str = "k1"
     codec_key: SecretStr = SecretStr("")
     codec_key_id: str = "k1"
+    # Key rotation: earlier keys stay readable, "id:base64[,id:base64...]"; new data uses the current key.
+    store_previous_keys: SecretStr = SecretStr("")
+    codec_previous_keys: SecretStr = SecretStr("")
 
     dispatcher_sweep_seconds: float = 5.0
     log_level: str = "INFO"
@@ -79,6 +85,8 @@ class Settings(BaseSettings):
                 decode_key(secret, f"LIFELINE_{name.upper()}")
             elif len(secret) < 32:
                 raise ValueError("LIFELINE_JWT_SECRET must be at least 32 characters")
+        for name in ("store_previous_keys", "codec_previous_keys"):
+            previous_keys(getattr(self, name).get_secret_value(), f"LIFELINE_{name.upper()}")
         return self
 
     def key(self, name: Literal["store_key", "codec_key"]) -> bytes:
@@ -87,6 +95,27 @@ class Settings(BaseSettings):
         if secret.lower() in PLACEHOLDER_SECRETS:
             raise RuntimeError(f"LIFELINE_{name.upper()} is not set (lifeline up generates one for development)")
         return decode_key(secret, f"LIFELINE_{name.upper()}")
+
+
+    def cipher(self, purpose: Literal["store", "codec"]) -> Cipher:
+        """The AES-GCM cipher for message bodies (store) or Temporal payloads (codec), older keys included."""
+        from infra.crypto import Cipher
+
+        key_id = self.store_key_id if purpose == "store" else self.codec_key_id
+        older = getattr(self, f"{purpose}_previous_keys").get_secret_value()
+        return Cipher(key_id, self.key(f"{purpose}_key"),  # type: ignore[arg-type]
+                      previous_keys(older, f"LIFELINE_{purpose.upper()}_PREVIOUS_KEYS"))
+
+
+def previous_keys(value: str, name: str) -> dict[str, bytes]:
+    """Parse 'id:base64,id:base64' into {id: key}."""
+    keys: dict[str, bytes] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key_id, sep, b64 = item.partition(":")
+        if not sep or not key_id:
+            raise ValueError(f"{name} entries must look like '<key id>:<base64 key>'")
+        keys[key_id] = decode_key(b64, f"{name} ({key_id})")
+    return keys
 
 
 @lru_cache(maxsize=1)

@@ -270,7 +270,7 @@ async def run_dispatcher(settings: Settings, config: LifelineConfig) -> None:
 
     pool = await create_pool(settings.database_url, min_size=1, max_size=4)
     client = await connect_temporal(settings)
-    cipher = Cipher(settings.store_key_id, settings.key("store_key"))
+    cipher = settings.cipher("store")
     dispatcher = Dispatcher(pool, client, config, cipher, settings.task_queue)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

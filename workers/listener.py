@@ -126,7 +126,7 @@ async def run_listeners(settings: Settings, config: LifelineConfig, only: list[s
     if not channels:
         log.warning("no MLLP channel configured; listener idle")
     pool = await create_pool(settings.database_url, min_size=2, max_size=settings.database_pool_max)
-    cipher = Cipher(settings.store_key_id, settings.key("store_key"))
+    cipher = settings.cipher("store")
     listeners = [ChannelListener(c, pool, cipher) for c in channels]
     for lst in listeners:
         await lst.start()

@@ -21,7 +21,7 @@ from activities.mllp import MllpSender
 from activities.remediation import RemediationActivities
 from activities.sla import SlaActivities
 from infra.config import LifelineConfig
-from infra.crypto import Cipher, data_converter
+from infra.crypto import data_converter
 from infra.db import create_pool
 from infra.settings import Settings
 from workers.monitor import ensure_schedule
@@ -67,7 +67,7 @@ def engine_adapters(config: LifelineConfig, **deps: Any) -> dict[str, EngineAdap
 
 
 async def connect_temporal(settings: Settings) -> Client:
-    cipher = Cipher(settings.codec_key_id, settings.key("codec_key"))
+    cipher = settings.cipher("codec")
     return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
                                 data_converter=data_converter(cipher))
 
@@ -88,7 +88,7 @@ def build_worker(client: Client, task_queue: str, delivery: DeliveryActivities, 
 async def run_worker(settings: Settings, config: LifelineConfig) -> None:
     pool = await create_pool(settings.database_url, min_size=2, max_size=settings.database_pool_max)
     client = await connect_temporal(settings)
-    store_cipher = Cipher(settings.store_key_id, settings.key("store_key"))
+    store_cipher = settings.cipher("store")
     async with httpx.AsyncClient() as http:
         mllp = MllpSender()
         delivery = DeliveryActivities(pool, store_cipher, config, mllp, http)
