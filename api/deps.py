@@ -74,7 +74,8 @@ async def current_principal(
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         # SameSite=Strict still lets a same-site page on another port send it; unsafe methods need our origin.
-        if request.method not in _SAFE_METHODS and not same_origin(request, settings):
+        if request.method not in _SAFE_METHODS and not same_origin(request, settings) \
+                and not codec_from_web_ui(request, settings):
             raise Problem(403, "the session cookie is not accepted on a cross-origin request")
         try:
             return verify_token(settings.jwt_secret.get_secret_value(), cookie, settings.jwt_issuer)
@@ -94,6 +95,11 @@ def same_origin(request: Request, settings: Settings) -> bool:
         return True
     netloc = urlsplit(origin).netloc
     return bool(netloc) and netloc in {request.headers.get("host", ""), urlsplit(settings.public_url).netloc}
+
+
+def codec_from_web_ui(request: Request, settings: Settings) -> bool:
+    """The Temporal Web UI (a configured CORS origin) may call the codec with the dashboard session cookie."""
+    return request.url.path.startswith("/api/codec/") and request.headers.get("origin") in settings.cors_origins
 
 
 def require(role: str) -> Callable[..., Coroutine[Any, Any, Principal]]:

@@ -69,3 +69,20 @@ async def test_bad_tokens_are_401(app: FastAPI) -> None:
         assert r.status_code == 401
         r = await client.get("/readyz", headers={"X-API-Key": "llk_nope"})
         assert r.status_code == 401 and "API key" in r.json()["detail"]
+
+
+async def test_session_cookie_reaches_the_codec_only_from_the_web_ui(app: FastAPI) -> None:
+    """The Temporal Web UI (a CORS origin) decodes payloads with the dashboard's session cookie; other origins
+    and other write routes stay closed to cross-origin cookie use."""
+    from api.deps import SESSION_COOKIE
+
+    cookie = mint_token(TEST_JWT_SECRET, subject="op", org="default", roles=["operator"])
+    body = {"payloads": []}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", cookies={SESSION_COOKIE: cookie}) as c:
+        ui = {"Origin": "http://localhost:8233"}
+        assert (await c.post("/api/codec/decode", json=body, headers=ui)).status_code == 200
+        evil = await c.post("/api/codec/decode", json=body, headers={"Origin": "http://evil.example"})
+        assert evil.status_code == 403
+        replay = await c.post("/api/dead-letters/replay", json={"ids": [1]}, headers=ui)
+        assert replay.status_code == 403 and "cross-origin" in replay.json()["detail"]
