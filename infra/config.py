@@ -15,13 +15,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from interop.errors import PathError
 from interop.message import parse_path
+from interop.transform.steps import CodeTable, Step, parse_csv_table
 
 EXAMPLE_CONFIG = Path(__file__).with_name("lifeline.example.yaml")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -52,7 +55,16 @@ def parse_duration(value: Any) -> timedelta:
     return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+def format_duration(value: timedelta) -> str:
+    """The inverse of parse_duration, for the JSON form of the configuration."""
+    seconds = value.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{round(seconds * 1000)}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, when_used="json")]
 Name = Annotated[str, Field(pattern=_NAME)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -102,6 +114,7 @@ class RouteWhen(_Model):
 class Route(_Model):
     to: Name
     when: RouteWhen = RouteWhen()
+    steps: list[Step] = Field(default_factory=list)  # transform steps for this channel -> destination
 
 
 class Channel(_Model):
@@ -386,6 +399,59 @@ class LifelineConfig(_Model):
     remediation: Remediation = Remediation()
     monitor: Monitor = Monitor()
     sla: list[Sla] = Field(default_factory=list)
+    tables: list[CodeTable] = Field(default_factory=list)
+
+    @field_validator("tables", mode="before")
+    @classmethod
+    def _read_csv(cls, v: Any, info: ValidationInfo) -> Any:
+        # A CSV table is read once, here: the version stores its values, so a later file edit is a new version.
+        if not isinstance(v, list):
+            return v
+        base = Path((info.context or {}).get("base", "."))
+        out: list[Any] = []
+        problems: list[str] = []
+        for i, t in enumerate(v):
+            if isinstance(t, dict) and t.get("csv") and not t.get("values"):
+                path = base / str(t["csv"])
+                try:
+                    t = {**t, "values": parse_csv_table(path.read_text(encoding="utf-8")), "csv": None}
+                except OSError as exc:
+                    problems.append(f"tables[{i}].csv\tcannot read {path}: {exc.strerror}")
+                except ValueError as exc:
+                    problems.append(f"tables[{i}].csv\t{path}: {exc}")
+            out.append(t)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return out
+
+    @model_validator(mode="after")
+    def _step_references(self) -> LifelineConfig:
+        from interop.transform.plugins import PluginNotFound, load_plugin
+
+        problems: list[tuple[str, str]] = []
+        tables: dict[tuple[str, str], int] = {}
+        for i, t in enumerate(self.tables):
+            if (t.org, t.name) in tables:
+                problems.append((f"tables[{i}].name", f"duplicate code table name {t.name!r}"))
+            tables[(t.org, t.name)] = i
+        for i, ch in enumerate(self.channels):
+            for j, r in enumerate(ch.routes):
+                for k, step in enumerate(r.steps):
+                    where = f"channels[{i}].routes[{j}].steps[{k}]"
+                    if step.table and (ch.org, step.table) not in tables:
+                        problems.append((f"{where}.table", f"no code table named {step.table!r} in org {ch.org!r}"))
+                    if step.plugin:
+                        try:
+                            load_plugin(step.plugin)
+                        except PluginNotFound as exc:
+                            problems.append((f"{where}.plugin", str(exc)))
+        if problems:
+            raise ValueError("\n".join(f"{p}\t{r}" for p, r in problems))
+        return self
+
+    def tables_for(self, org: str) -> dict[str, dict[str, str]]:
+        """The org's code tables by name, as the transform engine takes them."""
+        return {t.name: t.values for t in self.tables if t.org == org}
 
     @model_validator(mode="after")
     def _references(self) -> LifelineConfig:
@@ -458,14 +524,15 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def validate_config(data: Any, file: str) -> LifelineConfig:
-    """Validate a parsed YAML document; raise ConfigError naming key paths."""
+def validate_config(data: Any, file: str, base: Path | None = None) -> LifelineConfig:
+    """Validate a parsed YAML document; raise ConfigError naming key paths. CSV code tables are read relative
+    to `base` (default: the file's folder)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(file, [("", "the top level must be a mapping with channels and destinations")])
     try:
-        return LifelineConfig.model_validate(data)
+        return LifelineConfig.model_validate(data, context={"base": base or Path(file).parent})
     except ValidationError as exc:
         problems: list[tuple[str, str]] = []
         for err in exc.errors():
