@@ -42,6 +42,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     return sup.run()
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from workers.up import print_status
+
+    return print_status(_settings(args).data_dir.resolve(), as_json=args.json)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from infra.db import migrate
 
@@ -122,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = add("up", cmd_up, "start the embedded stack: Temporal, PostgreSQL, worker, dispatcher, API, listeners")
     up.add_argument("--temporal-port", type=int, default=7233)
     up.add_argument("--ui-port", type=int, default=8233)
+    st = add("status", cmd_status, "each process of `lifeline up`: pid, state, health, uptime, restarts")
+    st.add_argument("--json", action="store_true", help="print the supervisor's status file as JSON")
     add("worker", cmd_worker, "run a Temporal worker (workflows and activities)")
     add("dispatcher", cmd_dispatcher, "run the outbox dispatcher that starts delivery workflows")
     lis = add("listener", cmd_listener, "run the MLLP listeners of the configured channels")

@@ -32,6 +32,7 @@ from infra.db import create_pool
 from infra.settings import Settings
 from interop.errors import InteropError
 from interop.message import Message, parse
+from workers.reconnect import TRANSIENT, until_up
 from workflows.contract import (
     SA_CHANNEL,
     SA_DESTINATION,
@@ -47,6 +48,8 @@ K_CHANNEL = SearchAttributeKey.for_keyword(SA_CHANNEL)
 K_DESTINATION = SearchAttributeKey.for_keyword(SA_DESTINATION)
 K_TYPE = SearchAttributeKey.for_keyword(SA_MESSAGE_TYPE)
 K_STATUS = SearchAttributeKey.for_keyword(SA_STATUS)
+# A pass that fails on these is retried a second later (PostgreSQL or Temporal down or restarting).
+PASS_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *TRANSIENT)
 
 
 def _matches(patterns: list[str] | None, value: str) -> bool:
@@ -244,7 +247,7 @@ class Dispatcher:
                     await listen_conn.add_listener(OUTBOX_CHANNEL, on_notify)
                 wake.clear()
                 await self.tick()
-            except (OSError, asyncpg.PostgresError, RuntimeError) as exc:
+            except PASS_ERRORS as exc:
                 log.warning("dispatch pass failed (%s); retrying", type(exc).__name__)
                 if listen_conn is not None:
                     with contextlib.suppress(Exception):
@@ -268,8 +271,8 @@ class Dispatcher:
 async def run_dispatcher(settings: Settings, config: LifelineConfig) -> None:
     from workers.worker import connect_temporal
 
-    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
-    client = await connect_temporal(settings)
+    pool = await until_up("PostgreSQL", lambda: create_pool(settings.database_url, min_size=1, max_size=4))
+    client = await until_up("Temporal", lambda: connect_temporal(settings))
     cipher = settings.cipher("store")
     dispatcher = Dispatcher(pool, client, config, cipher, settings.task_queue)
     stop = asyncio.Event()

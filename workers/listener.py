@@ -125,7 +125,8 @@ async def run_listeners(settings: Settings, config: LifelineConfig, only: list[s
     channels = [c for c in config.channels if c.mllp and (not only or c.name in only)]
     if not channels:
         log.warning("no MLLP channel configured; listener idle")
-    pool = await create_pool(settings.database_url, min_size=2, max_size=settings.database_pool_max)
+    # min_size=0: the listener listens (and answers AE "not stored; resend") even while PostgreSQL is down.
+    pool = await create_pool(settings.database_url, min_size=0, max_size=settings.database_pool_max)
     cipher = settings.cipher("store")
     listeners = [ChannelListener(c, pool, cipher) for c in channels]
     for lst in listeners:

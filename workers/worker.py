@@ -25,6 +25,7 @@ from infra.crypto import data_converter
 from infra.db import create_pool
 from infra.settings import Settings
 from workers.monitor import ensure_schedule
+from workers.reconnect import until_up
 from workflows.delivery import DeliveryWorkflow
 from workflows.engine_restart import EngineRestartWorkflow
 from workflows.monitor import FlowMonitorWorkflow
@@ -86,8 +87,9 @@ def build_worker(client: Client, task_queue: str, delivery: DeliveryActivities, 
 
 
 async def run_worker(settings: Settings, config: LifelineConfig) -> None:
-    pool = await create_pool(settings.database_url, min_size=2, max_size=settings.database_pool_max)
-    client = await connect_temporal(settings)
+    pool = await until_up("PostgreSQL", lambda: create_pool(settings.database_url, min_size=2,
+                                                            max_size=settings.database_pool_max))
+    client = await until_up("Temporal", lambda: connect_temporal(settings))
     store_cipher = settings.cipher("store")
     async with httpx.AsyncClient() as http:
         mllp = MllpSender()
@@ -104,7 +106,7 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
                               remediation=remediation, metrics=metrics,
                               cases=CaseActivities(client, settings.task_queue),
                               sla=SlaActivities(pool, config, client, settings.task_queue, http))
-        await ensure_schedule(client, settings, config)
+        await until_up("Temporal", lambda: ensure_schedule(client, settings, config))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
