@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import select
+import socket
 import ssl
 import time
 from collections import defaultdict
@@ -27,9 +29,18 @@ class SendError(Exception):
         self.peer_answer = peer_answer
 
 
-class _PeerClosedIdle(Exception):
-    """A reused connection turned out closed by the peer with no byte of an answer: it closed the idle
-    connection as we wrote (else it would be the peer dropping a message unanswered, which a resend covers too)."""
+class _NotRead(Exception):
+    """A reused connection the peer had already closed when our bytes reached it (its TCP stack answered with a
+    reset): the peer cannot have read the message, so sending it again on a new connection cannot duplicate it."""
+
+
+# A pooled connection the peer closed this soon after its answer: the peer closes after each answer (hl7apy's
+# MLLPServer, many "one message per connection" systems) and gets one connection per message from then on.
+CLOSE_AFTER_ANSWER_S = 2.0
+# A peer found to close after each answer is tried with a kept connection again after this long (it may change).
+REPROBE_AFTER_S = 600.0
+# After an EOF on a reused connection, how long to wait for the reset that proves the peer never read our bytes.
+RESET_WAIT_S = 0.25
 
 
 @dataclass
@@ -38,6 +49,7 @@ class _Conn:
     writer: asyncio.StreamWriter
     decoder: FrameDecoder
     created: float
+    answered_at: float = 0.0
 
     @property
     def usable(self) -> bool:
@@ -61,9 +73,34 @@ class _Conn:
             return False
         return not readable
 
+    def peer_reset(self) -> bool:
+        """True if the peer's TCP stack answered our bytes with a reset (its socket was closed when they came)."""
+        sock = self.writer.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except (OSError, ValueError):
+            return False
+        return err in (errno.ECONNRESET, errno.EPIPE)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
+
+
+@dataclass
+class _PeerState:
+    """What the sender learnt about one peer: whether it closes the connection after each answer."""
+
+    closes_after_answer_at: float | None = None
+
+    def reusable(self, now: float) -> bool:
+        return self.closes_after_answer_at is None or now - self.closes_after_answer_at > REPROBE_AFTER_S
+
+    def saw_close_after_answer(self, conn: _Conn, now: float) -> None:
+        if conn.answered_at and now - conn.answered_at <= CLOSE_AFTER_ANSWER_S:
+            self.closes_after_answer_at = now
 
 
 def _classify(exc: BaseException) -> str:
@@ -88,12 +125,22 @@ def _pool_key(cfg: MllpOut) -> tuple[str, int, bool, str]:
 
 
 class MllpSender:
-    """One per worker process; keeps up to `pool_size` idle connections per peer."""
+    """One per worker process; keeps up to `pool_size` idle connections per peer, unless the peer closes them.
+
+    A message is written a second time within one attempt only when the peer provably did not read it (its TCP
+    stack reset our bytes on a connection it had closed); any other failure after a write is a failed attempt,
+    retried by the destination's retry policy and visible in the attempt history.
+    """
 
     def __init__(self, pool_size: int = 4, max_frame: int = 16 * 1024 * 1024) -> None:
         self.pool_size = pool_size
         self.max_frame = max_frame
         self._idle: dict[tuple[str, int, bool, str], list[_Conn]] = defaultdict(list)
+        self._peers: dict[tuple[str, int, bool, str], _PeerState] = defaultdict(_PeerState)
+
+    def reuses(self, cfg: MllpOut) -> bool:
+        """Whether the next message to this peer may go over a kept connection."""
+        return cfg.reuse and self._peers[_pool_key(cfg)].reusable(time.monotonic())
 
     async def _connect(self, cfg: MllpOut) -> _Conn:
         ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None) if cfg.tls else None
@@ -104,20 +151,32 @@ class MllpSender:
 
     async def _take(self, cfg: MllpOut) -> tuple[_Conn, bool]:
         """A pooled connection (reused=True) that the peer has not closed, else a new one."""
-        idle = self._idle[_pool_key(cfg)]
-        while idle:
+        key = _pool_key(cfg)
+        idle = self._idle[key]
+        state = self._peers[key]
+        while idle and self.reuses(cfg):
             conn = idle.pop()
             if conn.idle_and_open():
                 return conn, True
+            state.saw_close_after_answer(conn, time.monotonic())
             conn.close()
         return await self._connect(cfg), False
 
     def _give_back(self, cfg: MllpOut, conn: _Conn) -> None:
-        idle = self._idle[_pool_key(cfg)]
-        if conn.usable and len(idle) < self.pool_size:
+        key = _pool_key(cfg)
+        idle = self._idle[key]
+        now = time.monotonic()
+        conn.answered_at = now
+        if self.reuses(cfg) and not conn.idle_and_open():
+            # The peer's close came right behind its answer.
+            self._peers[key].saw_close_after_answer(conn, now)
+        if self.reuses(cfg) and conn.idle_and_open() and len(idle) < self.pool_size:
             idle.append(conn)
-        else:
-            conn.close()
+            return
+        conn.close()
+        if not self.reuses(cfg):
+            while idle:
+                idle.pop().close()
 
     async def send(self, cfg: MllpOut, payload: str, control_id: str) -> str:
         """Send one message and wait for its ACK; return the peer's answer summary on AA/CA."""
@@ -125,9 +184,10 @@ class MllpSender:
             conn, reused = await self._take(cfg)
             try:
                 frame = await self._exchange(cfg, conn, payload, reused=reused)
-            except _PeerClosedIdle:
-                # The peer closed the pooled connection as we wrote (it closes idle connections, or after every
-                # message): its normal behaviour, not a failed attempt, so send again on a new connection now.
+            except _NotRead:
+                # The peer had closed the kept connection (after its last answer or when idle) and did not read
+                # this message: learn that, and send it on a new connection now; not a failed attempt.
+                self._peers[_pool_key(cfg)].saw_close_after_answer(conn, time.monotonic())
                 conn = await self._connect(cfg)
                 frame = await self._exchange(cfg, conn, payload, reused=False)
         except (OSError, TimeoutError) as exc:
@@ -157,18 +217,41 @@ class MllpSender:
             await conn.writer.drain()
             return await asyncio.wait_for(self._read_frame(conn), timeout=cfg.ack_timeout.total_seconds())
         except (OSError, TimeoutError, asyncio.IncompleteReadError, InteropError) as exc:
-            conn.close()
-            closed = isinstance(exc, asyncio.IncompleteReadError | ConnectionResetError | BrokenPipeError)
-            if reused and closed and not conn.decoder.in_frame and not conn.decoder.buffered:
-                raise _PeerClosedIdle from exc
+            try:
+                nothing_back = not conn.decoder.in_frame and not conn.decoder.buffered
+                if reused and nothing_back and await self._reset_by_peer(conn, exc):
+                    raise _NotRead from exc
+            finally:
+                conn.close()
             if isinstance(exc, asyncio.IncompleteReadError):
-                raise SendError("reset", "peer closed the connection before sending an ACK") from exc
+                raise SendError("reset", "peer closed the connection before sending an ACK (the message may have"
+                                " been read: it is sent again by the retry policy)") from exc
             if isinstance(exc, TimeoutError):
                 raise SendError("timeout", f"no ACK within {cfg.ack_timeout.total_seconds():g}s") from exc
             raise SendError(_classify(exc), f"send failed: {type(exc).__name__}") from exc
         except BaseException:
             conn.close()
             raise
+
+    @staticmethod
+    async def _reset_by_peer(conn: _Conn, exc: BaseException) -> bool:
+        """Whether the peer's TCP stack refused the bytes we wrote (so its application never read them).
+
+        A reset seen directly proves it. A plain EOF does not: the peer may have read the message and closed
+        without answering; but when its close crossed our write, a reset for our bytes follows within a round
+        trip, so wait briefly for one.
+        """
+        if isinstance(exc, ConnectionResetError | BrokenPipeError):
+            return True
+        if not isinstance(exc, asyncio.IncompleteReadError):
+            return False
+        deadline = time.monotonic() + RESET_WAIT_S
+        while True:
+            if conn.peer_reset():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
 
     async def _read_frame(self, conn: _Conn) -> bytes:
         while True:

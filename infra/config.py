@@ -134,6 +134,9 @@ class MllpOut(_Model):
     ca_file: Path | None = None  # with tls: trust this CA bundle (PEM) instead of the system trust store
     rewrite_receiving_application: str | None = None  # MSH-5
     rewrite_receiving_facility: str | None = None  # MSH-6
+    # Keep a connection open for the next message when the peer does; false: one connection per message, closed
+    # after its answer (a peer that closes after each answer is detected and gets that without this setting).
+    reuse: bool = True
 
     @model_validator(mode="after")
     def _ca_needs_tls(self) -> MllpOut:
