@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from activities.flow import LATENCY_BUCKETS_S, metric_samples
 from api.deps import ConfigDep, CurrentUser, PoolDep, guarded
 from infra.config import LifelineConfig
+from infra.store import ops as ops_store
 
 router = APIRouter(tags=["monitoring"])
 CACHE_SECONDS = 5.0
@@ -78,6 +79,11 @@ def families(samples: dict[str, Any], destinations: Iterable[str]) -> list[Metri
     for r in samples["sla"]:
         sla.add_metric([r["sla"], r["objective"]], r["n"])
     out.append(sla)
+    if samples.get("monitor_last_run") is not None:
+        monitor = GaugeMetricFamily("lifeline_monitor_last_run_timestamp_seconds",
+                                    "When the flow monitor last took a snapshot (Unix time)")
+        monitor.add_metric([], samples["monitor_last_run"].timestamp())
+        out.append(monitor)
     return out
 
 
@@ -96,6 +102,7 @@ class StoreCollector(Collector):
             hit = self._cache.get(org_id)
             if hit is None or time.monotonic() - hit[0] > self.ttl:
                 samples = await metric_samples(pool, org_id)
+                samples["monitor_last_run"] = await ops_store.monitor_last_run(pool, org_id)
                 dests = [d.name for d in self.config.destinations if d.org == org_id]
                 hit = (time.monotonic(), families(samples, dests))
                 self._cache[org_id] = hit
