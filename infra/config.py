@@ -117,10 +117,105 @@ class Route(_Model):
     steps: list[Step] = Field(default_factory=list)  # transform steps for this channel -> destination
 
 
+class _SshAuth(_Model):
+    """How Lifeline logs in to an SFTP server: secrets come from the environment or a file, never the config."""
+
+    host: str
+    port: Port = 22
+    username: str
+    password_env: str | None = None  # name of an environment variable holding the password
+    password_file: Path | None = None
+    private_key_env: str | None = None  # an environment variable holding the private key (PEM/OpenSSH text)
+    private_key_file: Path | None = None
+    passphrase_env: str | None = None  # for an encrypted private key
+    known_hosts: Path | None = None  # default ~/.ssh/known_hosts; host-key checking is on unless told otherwise
+    check_host_key: bool = True
+    connect_timeout: Duration = timedelta(seconds=15)
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> _SshAuth:
+        given = [k for k in ("password_env", "password_file", "private_key_env", "private_key_file")
+                 if getattr(self, k) is not None]
+        if not given:
+            raise ValueError("sftp needs one of password_env, password_file, private_key_env or private_key_file")
+        return self
+
+
+class _Polling(_Model):
+    """What a file source picks up and when: a file is read only once it is complete."""
+
+    pattern: str = "*.hl7"
+    poll_interval: Duration = timedelta(seconds=5)
+    min_age: Duration = timedelta(seconds=10)  # unchanged size and mtime for this long (ignored with done_marker)
+    done_marker: str | None = None  # e.g. ".done": read X.hl7 only once X.hl7.done exists
+    after: Literal["move", "delete"] = "move"
+    processed_dir: str | None = None  # default <dir>/processed
+    error_dir: str | None = None  # default <dir>/error
+    ack: bool = False  # write a batch acknowledgment file (FHS/BHS, one ACK per message) back
+    ack_dir: str | None = None  # default <dir>/ack
+
+    @field_validator("done_marker")
+    @classmethod
+    def _marker(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "/" in v):
+            raise ValueError("done_marker is a file-name suffix such as '.done'")
+        return v
+
+
+class FileIn(_Polling):
+    dir: Path
+
+
+class SftpIn(_Polling, _SshAuth):
+    dir: str = "."
+
+
+class FileBatching(_Model):
+    """Collect messages into one batch file (FHS/BHS envelope); a file is closed at whichever limit comes first."""
+
+    max_messages: int = Field(default=100, ge=1)
+    max_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_wait: Duration = timedelta(seconds=60)
+
+
+class _FileWriting(_Model):
+    name_template: str = "{channel}-{control_id}-{ts}.hl7"  # also {destination}, {message_id}, {seq}
+    newline: Literal["cr", "lf", "crlf"] = "cr"
+    batch: FileBatching | None = None
+
+    @field_validator("name_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        import string
+
+        allowed = {"channel", "control_id", "ts", "destination", "message_id", "seq"}
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"not a valid template: {exc}") from None
+        unknown = names - allowed
+        if unknown:
+            raise ValueError(f"unknown placeholder(s) {sorted(unknown)}; use {sorted(allowed)}")
+        if "/" in v:
+            raise ValueError("a file name, not a path")
+        return v
+
+
+class FileOut(_FileWriting):
+    dir: Path
+
+
+class SftpOut(_FileWriting, _SshAuth):
+    dir: str = "."
+    timeout: Duration = timedelta(seconds=60)
+
+
 class Channel(_Model):
     name: Name
     org: Name = "default"
     mllp: MllpIn | None = None
+    file: FileIn | None = None
+    sftp: SftpIn | None = None
     validation: Literal["tolerant", "strict"] = "tolerant"
     routes: list[Route] = Field(default_factory=list)
 
@@ -177,20 +272,22 @@ class Destination(_Model):
     mllp: MllpOut | None = None
     fhir: FhirOut | None = None
     webhook: WebhookOut | None = None
+    file: FileOut | None = None
+    sftp: SftpOut | None = None
     ordering: Ordering = "none"
     on_dead_letter: Literal["block", "skip"] = "block"
     retry: Retry = Retry()
 
     @model_validator(mode="after")
     def _one_kind(self) -> Destination:
-        kinds = [k for k in ("mllp", "fhir", "webhook") if getattr(self, k) is not None]
+        kinds = [k for k in ("mllp", "fhir", "webhook", "file", "sftp") if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("a destination needs exactly one of mllp, fhir or webhook")
+            raise ValueError("a destination needs exactly one of mllp, fhir, webhook, file or sftp")
         return self
 
     @property
     def kind(self) -> str:
-        return "mllp" if self.mllp else "fhir" if self.fhir else "webhook"
+        return next(k for k in ("mllp", "fhir", "webhook", "file", "sftp") if getattr(self, k) is not None)
 
     @property
     def lane_key_path(self) -> str | None:

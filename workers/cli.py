@@ -81,6 +81,14 @@ def cmd_listener(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_poller(args: argparse.Namespace) -> int:
+    from workers.poller import run_poller
+
+    settings = _settings(args)
+    asyncio.run(run_poller(settings, _config(settings), only=args.channel))
+    return 0
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -134,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("dispatcher", cmd_dispatcher, "run the outbox dispatcher that starts delivery workflows")
     lis = add("listener", cmd_listener, "run the MLLP listeners of the configured channels")
     lis.add_argument("--channel", action="append", help="only this channel (repeatable)")
+    pol = add("poller", cmd_poller, "run the file and SFTP source pollers of the configured channels")
+    pol.add_argument("--channel", action="append", help="only this channel (repeatable)")
     api = add("api", cmd_api, "run the REST API (uvicorn)")
     api.add_argument("--host")
     api.add_argument("--port", type=int)

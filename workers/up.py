@@ -216,6 +216,8 @@ class Supervisor:
                      Child("api", [*me, "api"])]
             if any(ch.mllp for ch in self.config.channels):
                 procs.append(Child("listener", [*me, "listener"]))
+            if any(ch.file or ch.sftp for ch in self.config.channels):
+                procs.append(Child("poller", [*me, "poller"]))
             self.children += procs
             for child in procs:
                 self.spawn(child, env)

@@ -34,7 +34,7 @@ def test_example_is_the_documented_contract() -> None:
          "no destination named 'nope'"),
         ({"destinations": [{**VALID_DEST, "ordering": "sideways"}]}, "destinations[0].ordering",
          "must be 'none', 'destination'"),
-        ({"destinations": [{"name": "lab"}]}, "destinations[0]", "exactly one of mllp, fhir or webhook"),
+        ({"destinations": [{"name": "lab"}]}, "destinations[0]", "exactly one of mllp, fhir, webhook, file or sftp"),
         ({"destinations": [{**VALID_DEST, "retry": {"initial_interval": "soon"}}]},
          "destinations[0].retry.initial_interval", "is not a duration"),
         ({"destinations": [VALID_DEST, VALID_DEST]}, "destinations[1].name", "duplicate destination"),

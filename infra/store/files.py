@@ -1,0 +1,143 @@
+"""File and SFTP transports: ingests of source files (exactly once per file), source health, destination batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+
+@dataclass
+class Ingest:
+    id: int
+    status: str  # reading | done
+    next_index: int
+    next_offset: int
+    outcome: str | None
+
+
+@dataclass
+class FileMessage:
+    idx: int
+    message_id: str
+    byte_offset: int
+    status: str
+    ack_code: str
+    ack: str
+
+
+def position_token(source: str, ingest_id: int, idx: int) -> str:
+    """The `peer` of a message stored from a file: where it came from."""
+    return f"{source}:{ingest_id}#{idx}"
+
+
+async def begin_ingest(pool: asyncpg.Pool, org_id: str, channel: str, source: str, path: str, size: int,
+                       content_hash: bytes) -> Ingest:
+    """The ingest of this file (same path, size and content): a new one, or the one already started or done."""
+    row = await pool.fetchrow(
+        "insert into file_ingests (org_id, channel, source, path, size_bytes, content_hash)"
+        " values ($1, $2, $3, $4, $5, $6) on conflict (org_id, channel, path, size_bytes, content_hash) do nothing"
+        " returning id, status, next_index, next_offset, outcome",
+        org_id, channel, source, path, size, content_hash)
+    if row is None:
+        row = await pool.fetchrow(
+            "select id, status, next_index, next_offset, outcome from file_ingests where org_id = $1"
+            " and channel = $2 and path = $3 and size_bytes = $4 and content_hash = $5",
+            org_id, channel, path, size, content_hash)
+    assert row is not None
+    return Ingest(row["id"], row["status"], row["next_index"], row["next_offset"], row["outcome"])
+
+
+Conn = asyncpg.Connection | PoolConnectionProxy  # a connection inside the caller's transaction
+
+
+async def record_progress(conn: Conn, ingest_id: int, org_id: str, done: list[FileMessage],
+                          next_index: int, next_offset: int) -> None:
+    """Record a run of stored messages and move the file's resume point past them (in the caller's transaction,
+    the one that stored the messages)."""
+    if done:
+        await conn.executemany(
+            "insert into file_messages (ingest_id, idx, org_id, message_id, byte_offset, status, ack_code, ack)"
+            " values ($1, $2, $3, $4, $5, $6, $7, $8)",
+            [(ingest_id, m.idx, org_id, m.message_id, m.byte_offset, m.status, m.ack_code, m.ack) for m in done])
+    await conn.execute("update file_ingests set next_index = $2, next_offset = $3 where id = $1",
+                       ingest_id, next_index, next_offset)
+
+
+async def finish_ingest(pool: asyncpg.Pool, ingest_id: int, problems: list[str]) -> tuple[int, int]:
+    """Mark a file fully read; return (accepted, rejected)."""
+    row = await pool.fetchrow(
+        "with c as (select count(*) filter (where status <> 'rejected') as ok,"
+        " count(*) filter (where status = 'rejected') as bad from file_messages where ingest_id = $1)"
+        " update file_ingests f set status = 'done', finished_at = now(), messages = c.ok + c.bad, accepted = c.ok,"
+        " rejected = c.bad, problems = $2 from c where f.id = $1 returning f.accepted, f.rejected",
+        ingest_id, problems)
+    assert row is not None
+    return int(row["accepted"]), int(row["rejected"])
+
+
+async def ingest_counts(pool: asyncpg.Pool, ingest_id: int) -> tuple[int, int]:
+    row = await pool.fetchrow("select accepted, rejected from file_ingests where id = $1", ingest_id)
+    assert row is not None
+    return int(row["accepted"]), int(row["rejected"])
+
+
+async def set_outcome(pool: asyncpg.Pool, ingest_id: int, outcome: str, *, seen_again: bool = False) -> None:
+    await pool.execute(
+        "update file_ingests set outcome = $2, seen_again = seen_again + $3::int where id = $1",
+        ingest_id, outcome, 1 if seen_again else 0)
+
+
+async def file_messages(pool: asyncpg.Pool, ingest_id: int) -> list[FileMessage]:
+    rows = await pool.fetch(
+        "select idx, message_id, byte_offset, status, ack_code, ack from file_messages where ingest_id = $1"
+        " order by idx", ingest_id)
+    return [FileMessage(r["idx"], r["message_id"], r["byte_offset"], r["status"], r["ack_code"], r["ack"])
+            for r in rows]
+
+
+async def rejections(pool: asyncpg.Pool, ingest_id: int) -> list[dict[str, Any]]:
+    """Rejected messages of a file with their position and findings (segment, field, code; no values)."""
+    rows = await pool.fetch(
+        "select fm.idx, fm.byte_offset, fm.message_id, fm.ack_code, m.control_id, m.findings"
+        " from file_messages fm join messages m on m.id = fm.message_id"
+        " where fm.ingest_id = $1 and fm.status = 'rejected' order by fm.idx", ingest_id)
+    return [dict(r) for r in rows]
+
+
+async def source_polled(pool: asyncpg.Pool, org_id: str, channel: str, kind: str, location: str, *,
+                        error_class: str | None = None, error: str | None = None, error_files: int | None = None,
+                        new_files: int = 0) -> None:
+    """Record one poll of a source: success (error_class None) or the failure it met."""
+    await pool.execute(
+        "insert into file_sources as s (org_id, channel, kind, location, last_poll_at, last_ok_at, last_file_at,"
+        " files_total, error_files, consecutive_failures, last_error_class, last_error)"
+        " values ($1, $2, $3, $4, now(), case when $5::text is null then now() end,"
+        " case when $7 > 0 then now() end, $7, coalesce($8, 0), case when $5::text is null then 0 else 1 end, $5, $6)"
+        " on conflict (org_id, channel) do update set kind = $3, location = $4, last_poll_at = now(),"
+        " last_ok_at = case when $5::text is null then now() else s.last_ok_at end,"
+        " last_file_at = case when $7 > 0 then now() else s.last_file_at end, files_total = s.files_total + $7,"
+        " error_files = coalesce($8, s.error_files),"
+        " consecutive_failures = case when $5::text is null then 0 else s.consecutive_failures + 1 end,"
+        " last_error_class = case when $5::text is null then s.last_error_class else $5 end,"
+        " last_error = case when $5::text is null then s.last_error else $6 end",
+        org_id, channel, kind, location, error_class, (error or "")[:500] or None, new_files, error_files)
+
+
+async def sources(pool: asyncpg.Pool, org_id: str | None = None) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "select org_id, channel, kind, location, last_poll_at, last_ok_at, last_file_at, files_total, error_files,"
+        " consecutive_failures, last_error_class, last_error from file_sources"
+        " where ($1::text is null or org_id = $1) order by org_id, channel", org_id)
+    return [dict(r) for r in rows]
+
+
+async def file_arrival_hours(pool: asyncpg.Pool, org_id: str, channel: str, days: int = 14) -> list[float]:
+    """Hours between consecutive new files of a channel over the last days (the 'usually' of stopped-producing)."""
+    rows = await pool.fetch(
+        "select extract(epoch from started_at - lag(started_at) over (order by started_at)) / 3600 as gap"
+        " from file_ingests where org_id = $1 and channel = $2 and started_at > now() - make_interval(days => $3)"
+        " order by started_at", org_id, channel, days)
+    return [float(r["gap"]) for r in rows if r["gap"] is not None]
