@@ -1,7 +1,7 @@
 """HL7 v2 ↔ FHIR R4 mapping (v2 → transaction Bundle, Patient → ADT^A28/A31)."""
 
 from interop.fhir.datatypes import DEFAULT_CODE_PREFIX, DEFAULT_ID_PREFIX, MappingConfig
-from interop.fhir.mapper import (
+from interop.fhir.mapping import (
     KEY_SYSTEM,
     NAMESPACE,
     SUPPORTED_TYPES,

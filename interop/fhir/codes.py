@@ -131,7 +131,9 @@ REPORT_STATUS = {"F": "final", "C": "corrected", "P": "preliminary", "R": "preli
 # Table 0119 (ORC-1 order control) / 0038 (ORC-5 order status) → request status.
 ORDER_CONTROL_STATUS = {"NW": "active", "XO": "active", "RP": "active", "SN": "active", "OK": "active",
                         "CA": "revoked", "DC": "revoked", "OC": "revoked", "CR": "revoked", "OD": "revoked",
-                        "HD": "on-hold", "OH": "on-hold", "RL": "active", "SC": "active"}
+                        "HD": "on-hold", "OH": "on-hold", "RL": "active", "SC": "active", "RE": "completed",
+                        "CH": "active", "PA": "active", "RO": "active", "UA": "active", "NA": "active",
+                        "DE": "entered-in-error", "OF": "active", "OR": "active", "CN": "active"}
 ORDER_STATUS = {"A": "active", "IP": "active", "SC": "active", "CM": "completed", "CA": "revoked",
                 "DC": "revoked", "HD": "on-hold", "ER": "entered-in-error", "RP": "revoked"}
 # MedicationRequest uses its own status vocabulary.
@@ -181,3 +183,43 @@ UCUM_UNITS = frozenset({
     "/min", "mL", "L", "dL", "mL/min", "mL/min/{1.73_m2}", "kg/m2", "m2", "1", "{ratio}", "{score}",
     "mm/h", "[pH]", "mg/(24.h)", "g/(24.h)", "U/mL", "mIU/mL", "uIU/mL", "ng/L", "mmol/mol",
 })
+
+# US Core and core extensions the Patient mapping uses.
+US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+CDC_RACE_ETHNICITY = "urn:oid:2.16.840.1.113883.6.238"
+RELIGION = "http://hl7.org/fhir/StructureDefinition/patient-religion"
+BIRTH_PLACE = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
+CITIZENSHIP = "http://hl7.org/fhir/StructureDefinition/patient-citizenship"
+NATIONALITY = "http://hl7.org/fhir/StructureDefinition/patient-nationality"
+BIRTH_TIME = "http://hl7.org/fhir/StructureDefinition/patient-birthTime"
+V3_RELIGION = "http://terminology.hl7.org/CodeSystem/v3-ReligiousAffiliation"
+LOCATION_PHYSICAL_TYPE = "http://terminology.hl7.org/CodeSystem/location-physical-type"
+PROVENANCE_AGENT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+V3_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+V3_ACT_PRIORITY = "http://terminology.hl7.org/CodeSystem/v3-ActPriority"
+CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
+CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
+CONSENT_CATEGORY = "http://loinc.org"
+MEDICARE = "http://hl7.org/fhir/sid/us-medicare"
+MEDICAID = "http://hl7.org/fhir/sid/us-medicaid"
+
+# Table 0005 race codes that are CDC Race & Ethnicity OMB categories (code system 2.16.840.1.113883.6.238).
+OMB_RACE = {"1002-5", "2028-9", "2054-5", "2076-8", "2106-3"}
+OMB_ETHNICITY = {"2135-2", "2186-5"}
+# Common local letters for table 0189 (ethnic group) → CDC codes.
+ETHNICITY_LETTERS = {"H": ("2135-2", "Hispanic or Latino"), "N": ("2186-5", "Not Hispanic or Latino")}
+
+# Table 0217 (PV2-25 visit priority) → v3-ActPriority.
+VISIT_PRIORITY = {"1": "EM", "2": "UR", "3": "EL"}
+
+# ADT trigger → Encounter.status for triggers ENCOUNTER_STATUS does not name.
+ENCOUNTER_STATUS_MORE: dict[str, str | None] = {
+    "A09": "in-progress", "A10": "in-progress", "A15": "planned", "A16": "in-progress",
+    "A25": "in-progress", "A26": "in-progress", "A29": None, "A32": "in-progress", "A33": "in-progress",
+    "A45": None, "A60": None,
+}
+
+# Table 0206 (segment action code) / problem life cycle → Condition clinical status.
+PROBLEM_STATUS = {"A": "active", "I": "inactive", "R": "resolved", "C": "resolved"}

@@ -1,0 +1,58 @@
+"""v2 → FHIR throughput on one core: parse + map + R4B validation of the bundle, over a realistic message mix.
+
+The mix is every fixture the mapping supports (ADT, ORU, ORM/OML, VXU, RDE, SIU, MDM, ... as the fixtures
+hold them), each mapped in turn, cycling for about ``--seconds``. ``--only`` restricts the mix to a list of
+fixture names (the "before" numbers in docs/decisions/fhir.md used the 37 fixtures that mapped then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from interop.fhir import supports, to_fhir_bundle
+from interop.message import is_batch, parse
+from tests.fixtures import good_fixtures
+
+
+def mix(only: list[str] | None = None) -> list[str]:
+    """The fixtures the mapping supports (optionally only the named ones), as texts."""
+    out = []
+    for name, text in good_fixtures().items():
+        if is_batch(text) or (only and name not in only):
+            continue
+        if supports(parse(text)):
+            out.append(text)
+    return out
+
+
+def run(seconds: float = 3.0, only: list[str] | None = None) -> dict[str, Any]:
+    """Bundles and resources per second of parse + to_fhir_bundle (validation included), one core."""
+    messages = mix(only)
+    done = resources = failed = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for text in messages:
+            try:
+                result = to_fhir_bundle(parse(text))
+                resources += len(result.bundle["entry"])
+            except Exception:  # a failing fixture is counted, not fatal to the measurement
+                failed += 1
+            done += 1
+        if time.perf_counter() >= deadline:
+            break
+    elapsed = time.perf_counter() - start
+    return {"fixtures": len(messages), "bundles": done, "failed": failed, "seconds": round(elapsed, 2),
+            "bundles_per_s": round(done / elapsed), "resources_per_s": round(resources / elapsed),
+            "resources_per_bundle": round(resources / max(done - failed, 1), 1)}
+
+
+if __name__ == "__main__":
+    args = argparse.ArgumentParser(description=__doc__)
+    args.add_argument("--seconds", type=float, default=3.0)
+    args.add_argument("--only", nargs="*", help="fixture names to restrict the mix to")
+    ns = args.parse_args()
+    print(json.dumps(run(ns.seconds, ns.only), indent=2))  # noqa: T201
