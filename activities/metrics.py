@@ -21,6 +21,7 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 
 from activities.engines.base import EngineAdapter, EngineChannel
 from infra.config import Engine, LifelineConfig
+from infra.store.flow_rates import destination_rates
 from workflows.contract import (
     CONNECTION_ERROR_CLASSES,
     QUEUE_HISTORY_MAX,
@@ -217,6 +218,13 @@ class MetricsActivities:
         for r in await conn.fetch(_DEST_LATENCY, now, window):
             m = get(r["destination"])
             m.latency_samples, m.p95_latency_ms = r["n"], r["p95"]
+        span = self.config.monitor.backlog.forecast_span.total_seconds()
+        if span > 0:
+            for m in out.values():
+                m.rate_span_s = span
+            for name, (arrived, drained) in (await destination_rates(conn, now, span)).items():
+                m = get(name)
+                m.arrived_per_s, m.drained_per_s, m.rate_span_s = round(arrived, 3), round(drained, 3), span
         blocking = [d.name for d in self.config.destinations if d.ordered and d.on_dead_letter == "block"]
         if blocking:
             for r in await conn.fetch(_DEST_BLOCKED, blocking):

@@ -351,6 +351,11 @@ class DestinationRejecting(_Detector):
 class BacklogLimits(_Detector):
     depth: int = Field(default=1000, ge=1)  # pending + started deliveries
     oldest_age: Duration = timedelta(minutes=10)
+    # Forecast (workflows/detectors.py forecast_backlog_age): open the case this long before the age limit is
+    # reached (0s: never forecast), from arrival and drain rates measured over forecast_span.
+    forecast_horizon: Duration = timedelta(minutes=5)
+    forecast_span: Duration = timedelta(minutes=1)
+    forecast_min_backlog: int = Field(default=10, ge=1)
 
 
 class LatencyDegraded(_Detector):

@@ -56,7 +56,20 @@ def thresholds_from(config: LifelineConfig) -> MonitorThresholds:
         engine_queue_snapshots=m.engine_queue_growing.snapshots,
         engine_queue_min_growth=m.engine_queue_growing.min_growth,
         malformed_rejected=m.malformed_burst.rejected,
+        forecast_horizon_s=m.backlog.forecast_horizon.total_seconds(),
+        forecast_min_backlog=m.backlog.forecast_min_backlog,
+        backlog_age_limits=backlog_age_limits(config),
     )
+
+
+def backlog_age_limits(config: LifelineConfig) -> dict[str, float]:
+    """Per destination, the tightest SLA max_backlog_age that names it (the forecast's target)."""
+    limits: dict[str, float] = {}
+    for sla in config.sla:
+        if sla.destination and sla.max_backlog_age is not None:
+            s = sla.max_backlog_age.total_seconds()
+            limits[sla.destination] = min(s, limits.get(sla.destination, s))
+    return limits
 
 
 def monitor_input(config: LifelineConfig, settings: Settings) -> FlowMonitorInput:

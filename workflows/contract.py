@@ -295,6 +295,11 @@ class MonitorThresholds:
     engine_queue_snapshots: int = 4  # K: the queue grew across each of the last K snapshots
     engine_queue_min_growth: int = 1  # and by at least this much in total
     malformed_rejected: int = 20
+    # Backlog forecast: open the backlog case when the backlog age is forecast to pass its limit within the
+    # horizon (0 disables); the limit is the destination's SLA max_backlog_age, else backlog_oldest_s.
+    forecast_horizon_s: float = 300.0
+    forecast_min_backlog: int = 10
+    backlog_age_limits: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -333,6 +338,10 @@ class DestinationMetrics:
     blocked_waiting: int = 0  # deliveries waiting behind blocked heads
     last_error_class: str = ""
     reject_signature: str = ""  # ack_reject, http_4xx:422
+    # Flow rates over the last rate_span_s seconds, for the backlog forecast (rate_span_s 0: not measured).
+    arrived_per_s: float = 0.0  # deliveries routed to it
+    drained_per_s: float = 0.0  # deliveries it delivered
+    rate_span_s: float = 0.0
 
 
 @dataclass

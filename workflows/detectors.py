@@ -7,7 +7,9 @@ Run inside FlowMonitorWorkflow. Each finding is an Evidence whose subject names 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from workflows.contract import (
     Baseline,
@@ -91,7 +93,46 @@ def destination_rejecting(snap: Snapshot, t: MonitorThresholds, _: list[Baseline
     return out
 
 
+@dataclass(frozen=True)
+class BacklogForecast:
+    breach_in_s: float  # seconds until a pending delivery's age first passes the limit
+    expected_wait_s: float  # backlog / drain rate: how long a delivery routed now waits (inf: nothing drains)
+    growth_per_s: float  # arrivals - deliveries per second
+
+
+def forecast_backlog_age(backlog: int, oldest_age_s: float, arrived_per_s: float, drained_per_s: float,
+                         limit_s: float) -> BacklogForecast | None:
+    """When the age of the oldest pending delivery will pass limit_s; None when it never will at these rates
+    (or has already: that is the backlog detector's business, not a forecast).
+
+    Fluid model of a FIFO queue. The backlog grows by arrived - drained per second and a delivery at position p
+    waits p / drained. Today's queue: its ages run from oldest_age_s at the head down to ~0 at the tail, so the
+    delivery at position p has age a0 (1 - p/B) and is still pending after t while t < p / drained; it breaches
+    at t = limit - a_p if that comes first — the earliest such p is solved in closed form. Future arrivals: once
+    the backlog holds limit * drained deliveries (the most the limit allows), the next one to arrive waits longer
+    than the limit and breaches `limit` seconds later. With nothing draining the oldest simply ages.
+    """
+    if backlog <= 0 or oldest_age_s >= limit_s or limit_s <= 0:
+        return None
+    a0, b, mu = max(0.0, oldest_age_s), float(backlog), drained_per_s
+    growth = arrived_per_s - drained_per_s
+    if mu <= 0:
+        return BacklogForecast(breach_in_s=limit_s - a0, expected_wait_s=math.inf, growth_per_s=growth)
+    candidates: list[float] = []
+    slope = 1 / mu - a0 / b  # how much faster a position's wait grows than its age falls, per position
+    if slope > 0:
+        p = (limit_s - a0) / slope
+        if p <= b:
+            candidates.append(limit_s - a0 + a0 * p / b)
+    if growth > 0:
+        candidates.append(max(0.0, (limit_s * mu - b) / growth) + limit_s)
+    if not candidates:
+        return None
+    return BacklogForecast(breach_in_s=min(candidates), expected_wait_s=b / mu, growth_per_s=growth)
+
+
 def backlog(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
+    """A backlog past its limits, or (when rates were measured) one forecast to pass its age limit soon."""
     out: list[Evidence] = []
     for d in snap.destinations:
         if d.backlog > t.backlog_depth or d.oldest_pending_age_s > t.backlog_oldest_s:
@@ -100,6 +141,23 @@ def backlog(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evi
                            f" {d.oldest_pending_age_s:.0f}s", d.last_error_class or "slow",
                            backlog=d.backlog, oldest_pending_age_s=d.oldest_pending_age_s,
                            successes=d.successes))
+            continue
+        if t.forecast_horizon_s <= 0 or d.rate_span_s <= 0 or d.backlog < t.forecast_min_backlog:
+            continue
+        limit = t.backlog_age_limits.get(d.name, t.backlog_oldest_s)
+        f = forecast_backlog_age(d.backlog, d.oldest_pending_age_s, d.arrived_per_s, d.drained_per_s, limit)
+        if f is None or f.breach_in_s > t.forecast_horizon_s:
+            continue
+        wait = "nothing delivered" if math.isinf(f.expected_wait_s) else f"a new one waits ~{f.expected_wait_s:.0f}s"
+        out.append(_ev("backlog", dest_subject(d.name), snap,
+                       f"destination {d.name}: backlog age forecast to pass {limit:.0f}s in ~{f.breach_in_s:.0f}s"
+                       f" ({d.backlog} waiting, oldest {d.oldest_pending_age_s:.0f}s; {d.arrived_per_s:.1f}/s"
+                       f" arriving, {d.drained_per_s:.1f}/s delivered over {d.rate_span_s:.0f}s; {wait})",
+                       "forecast", backlog=d.backlog, oldest_pending_age_s=d.oldest_pending_age_s,
+                       successes=d.successes, forecast_breach_in_s=f.breach_in_s, age_limit_s=limit,
+                       arrived_per_s=d.arrived_per_s, drained_per_s=d.drained_per_s,
+                       growth_per_s=f.growth_per_s,
+                       expected_wait_s=-1.0 if math.isinf(f.expected_wait_s) else f.expected_wait_s))
     return out
 
 

@@ -229,3 +229,13 @@ async def test_shared_adapters_by_engine_name(pool: asyncpg.Pool) -> None:
     states = {(e.engine, e.channel_id): (e.state, e.error) for e in snap.engine_channels}
     assert states["eng1", "c-1"] == ("paused", "")
     assert states["eng2", "x"][0] == "unknown" and "no adapter for engine eng2" in states["eng2", "x"][1]
+
+
+async def test_flow_rates_for_the_backlog_forecast(pool: asyncpg.Pool, seeded: list[str]) -> None:
+    snap = await MetricsActivities(pool, CONFIG).snapshot(SnapshotInput(window_s=300))
+    lab, rej, down = dest(snap, "lab"), dest(snap, "rej"), dest(snap, "down")
+    assert lab.rate_span_s == 60.0 == down.rate_span_s  # forecast_span default: 1 minute
+    assert lab.arrived_per_s == pytest.approx(3 / 60, abs=1e-3)  # routed 55 s, 10 s and 0 s ago
+    assert lab.drained_per_s == pytest.approx(1 / 60, abs=1e-3)  # delivered 40 s ago (the one 60 s ago is out)
+    assert (rej.arrived_per_s, rej.drained_per_s) == (pytest.approx(0.05, abs=1e-3), pytest.approx(1 / 60, abs=1e-3))
+    assert down.drained_per_s == 0.0
