@@ -140,7 +140,7 @@ class DeliveryActivities:
         body = self.cipher.decrypt(row["body_enc"], row["key_id"], aad=inp.message_id.encode()).decode()
         started = time.monotonic()
         try:
-            message = parse(body)
+            message = await asyncio.to_thread(parse, body)  # CPU work off the worker's event loop
             answer = await _heartbeating(self._send(dest, message, inp))
         except SendError as exc:
             duration = int((time.monotonic() - started) * 1000)
@@ -168,11 +168,12 @@ class DeliveryActivities:
 
     async def _send(self, dest: Destination, message: Message, inp: DeliverActivityInput) -> str:
         if dest.mllp is not None:
-            return await self.mllp.send(dest.mllp, render_er7(message, dest), message.control_id)
+            er7 = await asyncio.to_thread(render_er7, message, dest)
+            return await self.mllp.send(dest.mllp, er7, message.control_id)
         if dest.fhir is not None:
             from interop.fhir import to_fhir_bundle
 
-            bundle = to_fhir_bundle(message).bundle
+            bundle = (await asyncio.to_thread(to_fhir_bundle, message)).bundle
             return await send_fhir(self.http, dest.fhir, bundle)
         assert dest.webhook is not None
         payload: dict[str, Any] = {

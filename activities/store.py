@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -14,16 +15,14 @@ import asyncpg
 
 from infra.config import Channel
 from infra.crypto import Cipher
-from interop.ack import build_ack, build_nak_for_unparseable
-from interop.errors import HL7ParseError
-from interop.message import Message, normalize, parse
-from interop.validate import validate
+from interop.intake import prepare_inbound
+from interop.message import Limits, Message
 
 log = logging.getLogger("lifeline.store")
 
 OUTBOX_CHANNEL = "lifeline_outbox"
-# Table 0357 codes that make a message unacceptable as a whole (AR) rather than in its content (AE).
-_REJECT_CODES = frozenset({"100", "200", "201", "202", "203"})
+# The default per-message limits (Settings.message_limits() gives the configured ones).
+DEFAULT_LIMITS = Limits()
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -47,57 +46,26 @@ class AcceptResult:
     findings: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _finding_dict(f: Any) -> dict[str, Any]:
-    return {
-        "segment": f.segment, "occurrence": getattr(f, "occurrence", 1), "field": f.field,
-        "component": getattr(f, "component", None), "code": f.code, "severity": f.severity,
-        "text": f.text,
-    }
-
-
 async def accept(pool: asyncpg.Pool, cipher: Cipher, channel: Channel, raw: bytes | str, *,
-                 source: str = "mllp", peer: str | None = None) -> AcceptResult:
+                 source: str = "mllp", peer: str | None = None, limits: Limits = DEFAULT_LIMITS) -> AcceptResult:
     """Validate, store and commit one inbound message, then build its ACK (invariants 1-3).
 
     A malformed message is stored too (status rejected) and answered AR/AE; a resend of an accepted
-    message (same sender, control id and content) gets AA again and is not stored twice.
+    message (same sender, control id and content) gets AA again and is not stored twice. Parsing and
+    validation run in a worker thread so a large message never stalls the event loop.
     """
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-    body = normalize(text)
-    content_hash = hashlib.sha256(body.encode()).digest()
-    message: Message | None = None
-    findings: list[dict[str, Any]] = []
-    try:
-        message = parse(body)
-    except HL7ParseError as exc:
-        findings = [{"segment": exc.segment, "occurrence": exc.occurrence, "field": exc.field, "component": None,
-                     "code": exc.code, "severity": "error", "text": exc.reason}]
-        nak = build_nak_for_unparseable(body, exc)
-        message_id = new_id()
-        await _insert(pool, cipher, message_id, channel, None, body, content_hash, "rejected", findings,
-                      "AR", source, peer)
-        log.info("rejected unparseable message %s on channel %s: code %s", message_id, channel.name, exc.code)
-        return AcceptResult(message_id, "rejected", nak, "AR", findings=findings)
-
-    report = validate(message, level=channel.validation)
-    findings = [_finding_dict(f) for f in report.findings]
-    errors = [f for f in report.findings if f.severity == "error"]
-    if errors:
-        code = "AR" if any(f.code in _REJECT_CODES for f in errors) else "AE"
-        message_id = new_id()
-        await _insert(pool, cipher, message_id, channel, message, body, content_hash, "rejected", findings,
-                      code, source, peer)
-        log.info("rejected message %s on channel %s: %s", message_id, channel.name,
-                 ",".join(sorted({f.code for f in errors})))
-        return AcceptResult(message_id, "rejected", build_ack(message, code=code, findings=report.findings),
-                            code, findings=findings)
-
+    inbound = await asyncio.to_thread(prepare_inbound, raw, channel.validation, limits)
     message_id = new_id()
-    stored_id = await _insert(pool, cipher, message_id, channel, message, body, content_hash, "accepted",
-                              findings, "AA", source, peer)
-    duplicate = stored_id != message_id
-    ack = build_ack(message, code="AA", findings=report.findings)
-    return AcceptResult(stored_id, "accepted", ack, "AA", duplicate=duplicate, findings=findings)
+    if inbound.status == "rejected":
+        await _insert(pool, cipher, message_id, channel, inbound.message, inbound.body, inbound.content_hash,
+                      "rejected", inbound.findings, inbound.ack_code, source, peer)
+        log.info("rejected message %s on channel %s: %s", message_id, channel.name,
+                 ",".join(sorted({f["code"] for f in inbound.findings if f["severity"] == "error"})))
+        return AcceptResult(message_id, "rejected", inbound.ack, inbound.ack_code, findings=inbound.findings)
+    stored_id = await _insert(pool, cipher, message_id, channel, inbound.message, inbound.body,
+                              inbound.content_hash, "accepted", inbound.findings, "AA", source, peer)
+    return AcceptResult(stored_id, "accepted", inbound.ack, "AA", duplicate=stored_id != message_id,
+                        findings=inbound.findings)
 
 
 _INSERT = """

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from infra.crypto import Cipher
+    from interop.message import Limits
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "dev", "development"})
 
@@ -62,6 +63,11 @@ class Settings(BaseSettings):
     store_previous_keys: SecretStr = SecretStr("")
     codec_previous_keys: SecretStr = SecretStr("")
 
+    # Per-message limits on every accept path (MLLP, REST, files): more segments or a longer segment is refused
+    # with AR / 422 naming the segment, before any validation work is done.
+    max_segments: int = Field(default=10_000, ge=1)
+    max_segment_chars: int = Field(default=4 * 1024 * 1024, ge=64)
+
     dispatcher_sweep_seconds: float = 5.0
     log_level: str = "INFO"
 
@@ -96,6 +102,12 @@ class Settings(BaseSettings):
             raise RuntimeError(f"LIFELINE_{name.upper()} is not set (lifeline up generates one for development)")
         return decode_key(secret, f"LIFELINE_{name.upper()}")
 
+
+    def message_limits(self) -> Limits:
+        """The per-message segment limits for interop.parse."""
+        from interop.message import Limits
+
+        return Limits(max_segments=self.max_segments, max_segment_chars=self.max_segment_chars)
 
     def cipher(self, purpose: Literal["store", "codec"]) -> Cipher:
         """The AES-GCM cipher for message bodies (store) or Temporal payloads (codec), older keys included."""

@@ -50,6 +50,10 @@ class HL7ParseError(InteropError):
         self.field = field
 
 
+class MessageTooLarge(HL7ParseError):
+    """A message has more segments, or a segment more characters, than the configured limits allow."""
+
+
 class PathError(InteropError):
     """A field path such as ``PID-3[1].1`` is not well formed."""
 

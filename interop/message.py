@@ -15,6 +15,7 @@ from interop.errors import (
     REQUIRED_FIELD_MISSING,
     SEGMENT_SEQUENCE_ERROR,
     HL7ParseError,
+    MessageTooLarge,
     PathError,
 )
 
@@ -56,7 +57,7 @@ def separators_from_header(header: str) -> Separators:
     if len(header) < 8:
         raise HL7ParseError(f"{header[:3] or 'MSH'} segment is too short to declare its separators")
     field = header[3]
-    if field.isalnum() or field in " \r\n":
+    if field.isalnum() or field in " \r\n" or not _printable(field):
         raise HL7ParseError(f"MSH-1 field separator {field!r} is not a valid separator", field=1)
     end = header.find(field, 4)
     enc = header[4:end] if end != -1 else header[4:]
@@ -67,7 +68,15 @@ def separators_from_header(header: str) -> Separators:
     chars = field + enc
     if len(set(chars)) != len(chars) or any(c.isalnum() or c in " \r\n" for c in chars):
         raise HL7ParseError(f"MSH-2 encoding characters {enc!r} are not distinct delimiters", field=2)
+    if not _printable(chars):
+        # A control character (NUL, VT, FS, DEL, ...) as a delimiter would make the message unreadable to peers.
+        raise HL7ParseError("MSH-1/MSH-2 declare a control or non-ASCII character as a separator",
+                            field=1 if not _printable(field) else 2)
     return Separators(field, enc[0], enc[1], enc[2], enc[3], enc[4] if len(enc) == 5 else "")
+
+
+def _printable(chars: str) -> bool:
+    return all("!" <= c <= "~" for c in chars)
 
 
 _ESCAPE_NAMED = {"F": "field", "S": "component", "T": "subcomponent", "R": "repetition", "E": "escape"}
@@ -174,13 +183,15 @@ def parse_path(path: str) -> Path:
 class Segment:
     """One segment; fields are split on first use."""
 
-    __slots__ = ("id", "raw", "_seps", "_fields")
+    __slots__ = ("id", "raw", "_seps", "_fields", "_reps")
 
     def __init__(self, raw: str, seps: Separators) -> None:
         self.raw = raw
         self.id = raw[:3]
         self._seps = seps
         self._fields: list[str] | None = None
+        # Split repetitions per field, kept so a loop over the repetitions of a field stays linear.
+        self._reps: dict[int, list[str]] = {}
 
     @property
     def fields(self) -> list[str]:
@@ -209,7 +220,10 @@ class Segment:
             return []
         if self.id == "MSH" and n in (1, 2):
             return [value]
-        return value.split(self._seps.repetition)
+        reps = self._reps.get(n)
+        if reps is None:
+            reps = self._reps[n] = value.split(self._seps.repetition)
+        return list(reps)
 
     def get(self, field: int, repetition: int = 1, component: int | None = None,
             subcomponent: int | None = None) -> str:
@@ -221,7 +235,9 @@ class Segment:
         if self.id in ("MSH", "FHS", "BHS") and field in (1, 2):
             return value if repetition == 1 and not component else ""
         if seps.repetition in value:
-            reps = value.split(seps.repetition)
+            reps = self._reps.get(field)
+            if reps is None:
+                reps = self._reps[field] = value.split(seps.repetition)
             value = reps[repetition - 1] if repetition <= len(reps) else ""
         elif repetition != 1:
             return ""
@@ -238,7 +254,9 @@ class Segment:
         value = self.field(field)
         if not value:
             return []
-        reps = value.split(self._seps.repetition)
+        reps = self._reps.get(field)
+        if reps is None:
+            reps = self._reps[field] = value.split(self._seps.repetition)
         if repetition > len(reps):
             return []
         seps = self._seps
@@ -353,6 +371,38 @@ class Message:
         return f"<Message {self.message_type} {self.control_id!r} v{self.version}>"
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How large one message may be in segments, and one segment in characters (settings give the values)."""
+
+    max_segments: int = 10_000
+    max_segment_chars: int = 4 * 1024 * 1024
+
+
+NO_LIMITS = Limits(max_segments=2**62, max_segment_chars=2**62)
+
+
+def check_limits(text: str, limits: Limits) -> None:
+    """Raise :class:`MessageTooLarge` naming the first segment over the limits (text split on CR)."""
+    if limits is NO_LIMITS:
+        return
+    count = 0
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(text.split("\r"), start=1):
+        if not line:
+            continue
+        count += 1
+        seg_id = line[:3] if _SEGMENT_ID.match(line) else "MSH"
+        seen[seg_id] = occurrence = seen.get(seg_id, 0) + 1
+        if len(line) > limits.max_segment_chars:
+            raise MessageTooLarge(
+                f"{seg_id} segment on line {lineno} is longer than {limits.max_segment_chars} characters",
+                segment=seg_id, occurrence=occurrence)
+        if count > limits.max_segments:
+            raise MessageTooLarge(f"message has more than {limits.max_segments} segments (line {lineno}, a "
+                                  f"{seg_id} segment, is over the limit)", segment=seg_id, occurrence=occurrence)
+
+
 def _split_segments(text: str, seps: Separators) -> tuple[list[Segment], list[int]]:
     segments: list[Segment] = []
     ignored: list[int] = []
@@ -367,8 +417,8 @@ def _split_segments(text: str, seps: Separators) -> tuple[list[Segment], list[in
     return segments, ignored
 
 
-def parse(text: str | bytes, encoding: str = "utf-8") -> Message:
-    """Parse one message tolerantly; raise :class:`HL7ParseError` when it has no usable header."""
+def parse(text: str | bytes, encoding: str = "utf-8", *, limits: Limits = NO_LIMITS) -> Message:
+    """Parse one message tolerantly; raise :class:`HL7ParseError` when it has no usable header or exceeds limits."""
     if isinstance(text, bytes):
         text = text.decode(encoding, errors="replace")
     text = normalize(text)
@@ -383,6 +433,7 @@ def parse(text: str | bytes, encoding: str = "utf-8") -> Message:
             raise HL7ParseError("the message does not start with MSH", code=SEGMENT_SEQUENCE_ERROR)
         text = text[start:]
     seps = separators_from_header(text[: text.find("\r")] if "\r" in text else text)
+    check_limits(text, limits)
     segments, ignored = _split_segments(text, seps)
     if not segments or segments[0].id != "MSH":
         raise HL7ParseError("the message does not start with MSH", code=SEGMENT_SEQUENCE_ERROR)

@@ -26,7 +26,7 @@ from interop.errors import (
     HL7ParseError,
     InteropError,
 )
-from interop.message import Message, Segment, parse
+from interop.message import NO_LIMITS, Limits, Message, Segment, parse
 from interop.structures import NULL, SEGMENT_SINCE, expected, required_next, step, structure, structure_for
 
 Severity = Literal["error", "warning"]
@@ -34,7 +34,7 @@ Level = Literal["tolerant", "strict"]
 
 _VERSION = re.compile(r"^2\.[1-8](?:\.[0-9]{1,2})?$")
 _CODE = re.compile(r"^[A-Z0-9]{3}$")
-_NM = re.compile(r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)$")
+_NM = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$")  # no nested quantifiers: linear
 _SI = re.compile(r"^[0-9]{1,4}$")
 _DTM = re.compile(
     r"^(?P<y>[0-9]{4})(?:(?P<mo>[0-9]{2})(?:(?P<d>[0-9]{2})(?:(?P<h>[0-9]{2})(?:(?P<mi>[0-9]{2})"
@@ -125,14 +125,15 @@ def is_supported_version(version: str) -> bool:
     return bool(_VERSION.match(version))
 
 
-def validate(message: Message | str | bytes, level: Level = "tolerant") -> ValidationReport:
+def validate(message: Message | str | bytes, level: Level = "tolerant", *,
+             limits: Limits = NO_LIMITS) -> ValidationReport:
     """Validate a message (parsed or text); never raises on bad input, problems become findings."""
     if level not in ("tolerant", "strict"):
         raise ValueError(f"level must be 'tolerant' or 'strict', not {level!r}")
     report = ValidationReport(level)
     if not isinstance(message, Message):
         try:
-            message = parse(message)
+            message = parse(message, limits=limits)
         except HL7ParseError as exc:
             report.add(exc.code, exc.reason, segment=exc.segment, occurrence=exc.occurrence, field=exc.field)
             return report

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from activities.store import accept
+from activities.store import DEFAULT_LIMITS, accept
 from infra.config import Channel, LifelineConfig
 from infra.crypto import Cipher
 from infra.db import create_pool
 from infra.settings import Settings
 from interop.ack import build_nak_for_unparseable
 from interop.errors import APPLICATION_INTERNAL_ERROR, HL7ParseError
+from interop.message import Limits
 from interop.mllp import FrameDecoder, FrameTooLarge, encode, read_frame
 
 log = logging.getLogger("lifeline.listener")
@@ -41,6 +42,7 @@ class ChannelListener:
     channel: Channel
     pool: asyncpg.Pool
     cipher: Cipher
+    limits: Limits = DEFAULT_LIMITS
     server: asyncio.Server | None = None
     connections: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -100,7 +102,8 @@ class ChannelListener:
 
     async def _accept(self, frame: bytes, peer: str | None) -> str:
         try:
-            result = await accept(self.pool, self.cipher, self.channel, frame, source="mllp", peer=peer)
+            result = await accept(self.pool, self.cipher, self.channel, frame, source="mllp", peer=peer,
+                                  limits=self.limits)
             return result.ack
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # Not stored, so not acknowledged: AE tells the sender to send it again.
@@ -128,7 +131,7 @@ async def run_listeners(settings: Settings, config: LifelineConfig, only: list[s
     # min_size=0: the listener listens (and answers AE "not stored; resend") even while PostgreSQL is down.
     pool = await create_pool(settings.database_url, min_size=0, max_size=settings.database_pool_max)
     cipher = settings.cipher("store")
-    listeners = [ChannelListener(c, pool, cipher) for c in channels]
+    listeners = [ChannelListener(c, pool, cipher, settings.message_limits()) for c in channels]
     for lst in listeners:
         await lst.start()
         assert lst.channel.mllp is not None

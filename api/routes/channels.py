@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from activities.store import accept
-from api.deps import ConfigDep, CurrentUser, PoolDep, guarded
+from api.deps import ConfigDep, CurrentUser, PoolDep, SettingsDep, guarded
 from api.problems import Problem
 
 router = APIRouter(prefix="/api/channels", tags=["ingress"])
@@ -19,7 +19,7 @@ MAX_BODY = 16 * 1024 * 1024
 @router.post("/{channel}/messages", status_code=202, dependencies=guarded("sender")["dependencies"],
              openapi_extra={"x-required-role": "sender", "requestBody": {
                  "required": True, "content": {t: {"schema": {"type": "string"}} for t in HL7_TYPES}}})
-async def post_message(channel: str, request: Request, pool: PoolDep, config: ConfigDep,
+async def post_message(channel: str, request: Request, pool: PoolDep, config: ConfigDep, settings: SettingsDep,
                        user: CurrentUser) -> JSONResponse:
     """Accept one HL7 v2 message (ER7 text); 202 with the message id and ACK, 422 with findings."""
     ch = config.channel(channel)
@@ -35,7 +35,8 @@ async def post_message(channel: str, request: Request, pool: PoolDep, config: Co
     if len(body) > limit:
         raise Problem(413, f"message larger than {limit} bytes", field="body")
     peer = request.client.host if request.client else None
-    result = await accept(pool, request.app.state.store_cipher, ch, body, source="rest", peer=peer)
+    result = await accept(pool, request.app.state.store_cipher, ch, body, source="rest", peer=peer,
+                          limits=settings.message_limits())
     payload: dict[str, Any] = {"message_id": result.message_id, "status": result.status,
                                "ack_code": result.ack_code, "ack": result.ack, "duplicate": result.duplicate,
                                "findings": result.findings}

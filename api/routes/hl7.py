@@ -5,6 +5,7 @@ Stateless: nothing here touches the store or Temporal, and no message text is lo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Annotated, Any
@@ -14,16 +15,28 @@ from fastapi import APIRouter, Query, Request
 from api.deps import guarded
 from api.problems import Problem
 from interop.ack import REJECT_CONDITIONS, build_ack
-from interop.errors import SEGMENT_SEQUENCE_ERROR, GenerationError, HL7ParseError, InteropError, MappingError, PathError
+from interop.errors import (
+    SEGMENT_SEQUENCE_ERROR,
+    GenerationError,
+    HL7ParseError,
+    InteropError,
+    MappingError,
+    MessageTooLarge,
+    PathError,
+)
 from interop.fhir import patient_to_adt, supports, to_fhir_bundle
 from interop.generate import from_dict, generate
 from interop.message import (
     DEFAULT_SEPARATORS,
+    NO_LIMITS,
     Batch,
+    Limits,
     Message,
     Segment,
     Separators,
+    check_limits,
     is_batch,
+    normalize,
     parse,
     parse_batch,
     parse_path,
@@ -91,9 +104,14 @@ def _parse_error(exc: HL7ParseError) -> Problem:
     return Problem(422, exc.reason, field=where, code=exc.code)
 
 
-def _parse_one(text: str) -> Message:
+def _limits(request: Request) -> Limits:
+    limits: Limits = request.app.state.settings.message_limits()
+    return limits
+
+
+def _parse_one(text: str, limits: Limits = NO_LIMITS) -> Message:
     try:
-        return parse(text)
+        return parse(text, limits=limits)
     except HL7ParseError as exc:
         raise _parse_error(exc) from None
 
@@ -159,6 +177,14 @@ def finding_json(f: Finding) -> dict[str, Any]:
             "location": f.location, "text": f.text}
 
 
+def _check_limits(text: str, limits: Limits) -> None:
+    """Refuse a message (or batch) over the segment limits before any per-field work."""
+    try:
+        check_limits(normalize(text), limits)
+    except MessageTooLarge as exc:
+        raise _parse_error(exc) from None
+
+
 def _batch_of(text: str) -> Batch:
     try:
         return parse_batch(text)
@@ -187,6 +213,11 @@ async def parse_message(request: Request,
     paths = path or []
     _check_paths(paths)
     text = await _message_text(request)
+    return await asyncio.to_thread(_parse_view, text, paths, _limits(request))
+
+
+def _parse_view(text: str, paths: list[str], limits: Limits) -> dict[str, Any]:
+    _check_limits(text, limits)
     if is_batch(text):
         batch = _batch_of(text)
         return {"batch": True, "envelope": _envelope(batch), "declared_count": batch.declared_count,
@@ -215,6 +246,11 @@ async def validate_message(request: Request,
     if level not in LEVELS:
         raise Problem(422, f"level must be one of {', '.join(LEVELS)}, not {level!r}", field="level")
     text = await _message_text(request)
+    return await asyncio.to_thread(_validate_view, text, level, _limits(request))
+
+
+def _validate_view(text: str, level: str, limits: Limits) -> dict[str, Any]:
+    _check_limits(text, limits)
     if is_batch(text):
         batch = _batch_of(text)
         reports = [_report(m, level) for m in batch.messages]
@@ -226,6 +262,10 @@ async def validate_message(request: Request,
 async def generate_message(request: Request) -> dict[str, Any]:
     """Generate ADT^A01/A03/A04/A08, ORU^R01 or ORM^O01 ER7 from a JSON description (interop.generate)."""
     data = await _json_body(request)
+    return await asyncio.to_thread(_generate_view, data)
+
+
+def _generate_view(data: Any) -> dict[str, Any]:
     try:
         er7 = generate(from_dict(data))
     except GenerationError as exc:
@@ -242,7 +282,11 @@ async def transform(request: Request) -> dict[str, Any]:
     if is_batch(text):
         raise Problem(422, "a batch (FHS/BHS) carries several messages: transform them one at a time",
                       field="body")
-    msg = _parse_one(text)
+    return await asyncio.to_thread(_transform_view, text, _limits(request))
+
+
+def _transform_view(text: str, limits: Limits) -> dict[str, Any]:
+    msg = _parse_one(text, limits)
     if not supports(msg):
         raise Problem(422, f"no FHIR mapping for message type {msg.message_type or '(none)'}", field="MSH-9")
     try:
@@ -276,6 +320,10 @@ async def from_fhir(request: Request,
     if patient.get("resourceType") != "Patient":
         raise Problem(422, f"resourceType must be 'Patient', not {patient.get('resourceType')!r}",
                       field="resourceType")
+    return await asyncio.to_thread(_from_fhir_view, patient, trigger)
+
+
+def _from_fhir_view(patient: dict[str, Any], trigger: str) -> dict[str, Any]:
     try:
         er7 = patient_to_adt(patient, trigger=trigger)
     except MappingError as exc:
