@@ -18,6 +18,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.engines.base import EngineAdapter, EngineNotSupported
+from activities.oncall import NotificationPending, Notifier, case_event
 from activities.store import OUTBOX_CHANNEL, audit, blocked_lanes, open_dead_letter_ids
 from infra.config import LifelineConfig
 from workflows.contract import (
@@ -54,13 +55,15 @@ class RemediationActivities:
 
     def __init__(self, pool: asyncpg.Pool, client_provider: Callable[[], Awaitable[Client]],
                  config: LifelineConfig, adapters: Mapping[str, EngineAdapter] | None = None,
-                 http: httpx.AsyncClient | None = None, task_queue: str = "") -> None:
+                 http: httpx.AsyncClient | None = None, task_queue: str = "",
+                 notifier: Notifier | None = None) -> None:
         self.pool = pool
         self.client_provider = client_provider
         self.config = config
         self.adapters = adapters or {}
         self.http = http
         self.task_queue = task_queue
+        self.notifier = notifier or Notifier(pool, config.oncall, http)
 
     def _adapter(self, engine: str) -> EngineAdapter:
         adapter = self.adapters.get(engine)
@@ -235,8 +238,19 @@ class RemediationActivities:
 
     @activity.defn(name="notify")
     async def notify(self, inp: NotifyInput) -> bool:
-        """POST the escalation to the notify URL (if any) and audit it; True when someone was notified."""
-        sent = False
+        """Page / mail / chat the on-call channels (recorded, retried until sent), POST the escalation to the notify
+        URL (if any) and audit it; True when someone was notified. A resolved case only resolves its open page."""
+        info = activity.info()
+        _, kind, subject = (inp.case_id.split(":", 2) + ["", ""])[:3]
+        event = case_event(self.notifier.links, org_id=inp.org_id, case_id=inp.case_id,
+                           run_id=info.workflow_run_id or "", stage=inp.stage, kind=kind, subject=subject,
+                           reason=inp.summary if inp.stage == "escalated" else "")
+        ids = await self.notifier.notify(event)
+        if ids and await self.notifier.pending(ids):
+            raise NotificationPending(f"on-call notification of {inp.case_id} not sent yet; retrying")
+        if inp.stage == "resolved":
+            return bool(ids)
+        sent = bool(ids)
         if inp.url:
             payload = {"case_id": inp.case_id, "org_id": inp.org_id, "stage": inp.stage, "summary": inp.summary}
             http = self.http or httpx.AsyncClient()
@@ -248,7 +262,7 @@ class RemediationActivities:
                 if self.http is None:
                     await http.aclose()
         await audit(self.pool, org_id=inp.org_id, actor="lifeline", action=f"case.{inp.stage}", subject=inp.case_id,
-                    detail={"summary": inp.summary, "notified": sent})
+                    detail={"summary": inp.summary, "notified": sent, "oncall_notifications": len(ids)})
         return sent
 
     @activity.defn(name="audit_event")

@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
 from activities.flow import ScopeValues, db_now, scope_values
+from activities.oncall import Notifier, sla_event
 from activities.store import audit
 from infra.config import LifelineConfig, Sla
 from workflows.contract import (
@@ -166,16 +167,19 @@ class SlaEvaluator:
     """One evaluation pass over the configured SLAs; the Temporal client and HTTP client are optional."""
 
     def __init__(self, pool: asyncpg.Pool, config: LifelineConfig, *, client: Client | None = None,
-                 task_queue: str = "lifeline", http: httpx.AsyncClient | None = None) -> None:
+                 task_queue: str = "lifeline", http: httpx.AsyncClient | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.pool = pool
         self.config = config
         self.client = client
         self.task_queue = task_queue
         self.http = http
+        self.notifier = notifier or Notifier(pool, config.oncall, http)
 
     async def evaluate(self, org_id: str = "", now: datetime | None = None) -> EvaluateSlaResult:
         now = now or await db_now(self.pool)
         result = EvaluateSlaResult()
+        await self.notifier.deliver()  # on-call notifications an earlier run could not send yet
         for sla in self.config.sla:
             if org_id and sla.org != org_id:
                 continue
@@ -209,6 +213,10 @@ class SlaEvaluator:
                         if closed["notified_at"] or closed["escalated_at"]:
                             await self._post(sla, {"event": "sla.violation.closed", "violation_id": closed["id"],
                                                    **self._about(sla, o["objective"], o["value"], o["target"])})
+                        if closed["escalated_at"]:
+                            await self.notifier.notify(sla_event(
+                                self.notifier.links, org_id=sla.org, sla=sla.name, objective=o["objective"],
+                                violation_id=closed["id"], resolved=True, value=o["value"], target=o["target"]))
             open_rows = await c.fetch(
                 "select id, objective, target, started_at, worst_value, last_value, case_id, notified_at, escalated_at"
                 " from sla_violations where org_id = $1 and sla = $2 and ended_at is null", sla.org, sla.name)
@@ -244,6 +252,11 @@ class SlaEvaluator:
                 updated = await c.fetchval("update sla_violations set escalated_at = $2 where id = $1"
                                            " and escalated_at is null returning id", row["id"], now)
                 if updated is not None:
+                    # recorded first, retried by later evaluations until sent: people hear of it once
+                    await self.notifier.notify(sla_event(
+                        self.notifier.links, org_id=sla.org, sla=sla.name, objective=objective,
+                        violation_id=row["id"], resolved=False, value=row["last_value"], target=row["target"],
+                        case_id=row["case_id"]))
                     name = f"{sla.name}/{objective}"
                     result.escalated.append(name)
                     await audit(self.pool, org_id=sla.org, actor="lifeline", action="sla.violation.escalated",
@@ -296,8 +309,9 @@ class SlaActivities:
     """The `evaluate_sla` activity (the flow monitor calls it each run); built once per worker."""
 
     def __init__(self, pool: asyncpg.Pool, config: LifelineConfig, client: Client | None, task_queue: str,
-                 http: httpx.AsyncClient | None = None) -> None:
-        self.evaluator = SlaEvaluator(pool, config, client=client, task_queue=task_queue, http=http)
+                 http: httpx.AsyncClient | None = None, notifier: Notifier | None = None) -> None:
+        self.evaluator = SlaEvaluator(pool, config, client=client, task_queue=task_queue, http=http,
+                                      notifier=notifier)
 
     @activity.defn(name="evaluate_sla")
     async def evaluate_sla(self, inp: EvaluateSlaInput | None = None) -> EvaluateSlaResult:

@@ -497,6 +497,63 @@ class Sla(_Model):
         return f"channel:{self.channel}" if self.channel else "org"
 
 
+class EmailChannel(_Model):
+    """SMTP; the password comes from the environment variable named by password_env."""
+
+    smtp_host: str
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    starttls: bool = True
+    username: str | None = None
+    password_env: str | None = None
+    sender: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]
+    to: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(min_length=1)
+
+
+class ChatChannel(_Model):
+    """A Slack-compatible incoming webhook (`{"text": ...}`); the URL is a secret, so it comes from the environment."""
+
+    webhook_url_env: str
+
+
+class PagerDutyChannel(_Model):
+    """PagerDuty Events API v2: trigger on escalation, resolve with the same dedup key when the case resolves."""
+
+    routing_key_env: str
+    events_url: Annotated[str, Field(pattern=r"^https?://")] = "https://events.pagerduty.com/v2/enqueue"
+    severity: Literal["critical", "error", "warning", "info"] = "critical"
+
+
+OncallTrigger = Literal["case.escalated", "sla.escalated"]
+ONCALL_TRIGGERS: tuple[OncallTrigger, ...] = ("case.escalated", "sla.escalated")
+
+
+class OncallChannel(_Model):
+    name: Name
+    org: Name | None = None  # only this org's events; none: every org
+    events: list[OncallTrigger] = Field(default_factory=lambda: list(ONCALL_TRIGGERS))
+    email: EmailChannel | None = None
+    chat: ChatChannel | None = None
+    pagerduty: PagerDutyChannel | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> OncallChannel:
+        kinds = [k for k in ("email", "chat", "pagerduty") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of email, chat, pagerduty")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("email", "chat", "pagerduty") if getattr(self, k) is not None)
+
+
+class Oncall(_Model):
+    """Where escalations and SLA escalations reach people (ids and links only, never message content)."""
+
+    channels: list[OncallChannel] = Field(default_factory=list)
+    max_attempts: int = Field(default=20, ge=1)
+
+
 class LifelineConfig(_Model):
     channels: list[Channel] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=list)
@@ -505,6 +562,7 @@ class LifelineConfig(_Model):
     monitor: Monitor = Monitor()
     sla: list[Sla] = Field(default_factory=list)
     tables: list[CodeTable] = Field(default_factory=list)
+    oncall: Oncall = Oncall()
 
     @field_validator("tables", mode="before")
     @classmethod

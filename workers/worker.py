@@ -18,6 +18,7 @@ from activities.engines import build_adapter
 from activities.engines.base import EngineAdapter, EngineError
 from activities.metrics import CaseActivities, MetricsActivities
 from activities.mllp import MllpSender
+from activities.oncall import Links, Notifier
 from activities.remediation import RemediationActivities
 from activities.sla import SlaActivities
 from infra.config import LifelineConfig
@@ -100,12 +101,15 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
             return client
 
         diagnostics = DiagnosticsActivities(pool, config, adapters)
-        remediation = RemediationActivities(pool, client_provider, config, adapters, http, settings.task_queue)
+        notifier = Notifier(pool, config.oncall, http, Links(settings.public_url, settings.temporal_ui_url,
+                                                             settings.temporal_namespace))
+        remediation = RemediationActivities(pool, client_provider, config, adapters, http, settings.task_queue,
+                                            notifier)
         metrics = MetricsActivities(pool, config, adapters)
         worker = build_worker(client, settings.task_queue, delivery, diagnostics=diagnostics,
                               remediation=remediation, metrics=metrics,
                               cases=CaseActivities(client, settings.task_queue),
-                              sla=SlaActivities(pool, config, client, settings.task_queue, http))
+                              sla=SlaActivities(pool, config, client, settings.task_queue, http, notifier))
         await until_up("Temporal", lambda: ensure_schedule(client, settings, config))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -44,6 +44,10 @@ def replay_delivery_workflow_id(message_id: str, destination: str, replay: int) 
     return f"delivery:{message_id}:{destination}:replay-{replay}"
 
 
+# workflow.patched() ids: a resolved case calls `notify` (stage resolved) to resolve its on-call page.
+PATCH_ONCALL_RESOLVE = "oncall-resolve"
+
+
 def case_workflow_id(kind: str, subject: str) -> str:
     return f"case:{kind}:{subject}"
 

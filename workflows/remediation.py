@@ -19,6 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from workflows.contract import (
+        PATCH_ONCALL_RESOLVE,
         QUERY_STATE,
         SA_CASE_KIND,
         SA_STATUS,
@@ -209,6 +210,11 @@ class RemediationCaseWorkflow:
             s.mttr_s = _seconds(s.resolved_at, s.opened_at)
             await self._stage("resolved", audit_action="case.resolved", actor=s.approver or "lifeline",
                               detail={"approver": s.approver, "signature": diagnosis.signature})
+            if workflow.patched(PATCH_ONCALL_RESOLVE):
+                # An earlier run of this case may have paged: resolve that page (same dedup key, the case id).
+                await workflow.execute_activity(
+                    "notify", NotifyInput(s.case_id, inp.org_id, "", "resolved", ""),
+                    start_to_close_timeout=timedelta(seconds=30), retry_policy=STORE_RETRY)
         elif outcome == "rejected":
             await self._stage("rejected", "every proposed action was rejected", audit_action="case.rejected",
                               actor=s.approver or "lifeline")
