@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
+from urllib.parse import quote
 
 import httpx
 
-from activities.engines.base import EngineAuthError, EngineChannel, EngineError
+from activities.engines.base import EngineAuthError, EngineChannel, EngineError, EngineNotFound
 from infra.config import Engine
 
 
@@ -49,3 +51,26 @@ def watched(engine: Engine, channels: Iterable[EngineChannel]) -> list[EngineCha
     """Only the channels the config lists (by id or name); all when it lists none."""
     wanted = set(engine.channels)
     return [c for c in channels if not wanted or c.id in wanted or c.name in wanted]
+
+
+# Engine object ids (Mirth UUIDs, Rhapsody numbers, Cloverleaf process/thread names) and the channel names
+# lifeline.yaml may use: letters, digits and a few punctuation marks; never a path separator or a dot segment.
+_ENGINE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@ -]{0,199}")
+
+
+def valid_id(value: str) -> bool:
+    """True when an id may be placed in an engine URL or command (the allow-list above, no '..')."""
+    return bool(_ENGINE_ID.fullmatch(value)) and ".." not in value
+
+
+def checked_id(engine: Engine, value: str, what: str = "channel id") -> str:
+    """The id itself, or EngineNotFound: an id outside the allow-list reaches nothing on the engine."""
+    if not valid_id(value):
+        raise EngineNotFound(f"{engine.kind} {engine.name}: {short(repr(value), 80)} is not a valid {what} "
+                             "(letters, digits, space and _ . @ - only)")
+    return value
+
+
+def segment(engine: Engine, value: str, what: str = "channel id") -> str:
+    """One URL path segment: allow-listed, then percent-quoted (nothing stays special, not even '/')."""
+    return quote(checked_id(engine, value, what), safe="")

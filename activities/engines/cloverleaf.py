@@ -13,7 +13,7 @@ import os
 import shlex
 from typing import Protocol
 
-from activities.engines._common import short, watched
+from activities.engines._common import checked_id, short, watched
 from activities.engines.base import EngineChannel, EngineError, EngineNotFound, EngineNotSupported, State
 from infra.config import CloverleafOptions, Engine
 
@@ -193,7 +193,8 @@ class CloverleafAdapter:
                 raise EngineNotFound(f"cloverleaf {self.engine.name}: {channel_id!r} names no process "
                                      "(use <process>/<thread> or set cloverleaf.process)")
             process = self.options.process
-        return process, thread
+        # The thread name becomes part of an hcicmd command line: nothing but a plain name may get there.
+        return checked_id(self.engine, process, "process name"), checked_id(self.engine, thread, "thread name")
 
     async def processes(self) -> dict[str, str]:
         return process_status(await self._run("hciprocstatus"))

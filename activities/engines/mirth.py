@@ -13,7 +13,15 @@ from typing import Any
 
 import httpx
 
-from activities.engines._common import credentials, session_cookie, short, transport_error, watched
+from activities.engines._common import (
+    credentials,
+    segment,
+    session_cookie,
+    short,
+    transport_error,
+    valid_id,
+    watched,
+)
 from activities.engines.base import (
     EngineAuthError,
     EngineChannel,
@@ -195,9 +203,9 @@ class MirthAdapter:
     async def _resolve(self, channel_id: str) -> tuple[str, dict[str, str]]:
         """Accept a channel name as well as its id (lifeline.yaml may list either)."""
         names = await self.names()
-        if channel_id in names:
+        if channel_id in names and valid_id(channel_id):
             return channel_id, names
-        by_name = [cid for cid, name in names.items() if name == channel_id]
+        by_name = [cid for cid, name in names.items() if name == channel_id and valid_id(cid)]
         if len(by_name) == 1:
             return by_name[0], names
         raise EngineNotFound(f"mirth {self.engine.name}: no channel {channel_id!r}")
@@ -206,11 +214,13 @@ class MirthAdapter:
         names: dict[str, str] | None = None
         cid = channel_id
         try:
-            body = await self._get(f"/channels/{cid}/status")
+            if not valid_id(cid):
+                raise EngineNotFound(cid)  # maybe a display name: resolve it against the engine's own list
+            body = await self._get(f"/channels/{segment(self.engine, cid)}/status")
         except EngineNotFound:  # a name, an undeployed channel, or no such channel
             cid, names = await self._resolve(channel_id)
             try:
-                body = await self._get(f"/channels/{cid}/status")
+                body = await self._get(f"/channels/{segment(self.engine, cid)}/status")
             except EngineNotFound:
                 return EngineChannel(id=cid, name=names.get(cid, ""), state="undeployed", raw_state="UNDEPLOYED")
         status = body.get("dashboardStatus") if isinstance(body, dict) else None
@@ -222,7 +232,7 @@ class MirthAdapter:
 
     async def _control(self, channel_id: str, verb: str) -> None:
         cid, _ = await self._resolve(channel_id)
-        path = f"/channels/{cid}/_{verb}"
+        path = f"/channels/{segment(self.engine, cid)}/_{verb}"
         # returnErrors: without it Mirth answers 204 even when the operation failed.
         resp = await self._request("POST", path, params={"returnErrors": "true"})
         if resp.status_code in (200, 204):

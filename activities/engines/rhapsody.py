@@ -14,7 +14,14 @@ from typing import Any
 
 import httpx
 
-from activities.engines._common import credentials, session_cookie, short, transport_error, watched
+from activities.engines._common import (
+    credentials,
+    segment,
+    session_cookie,
+    short,
+    transport_error,
+    watched,
+)
 from activities.engines.base import (
     EngineAuthError,
     EngineChannel,
@@ -67,10 +74,10 @@ def channel_id(component: dict[str, Any]) -> str:
     return ROUTE_PREFIX + cid if component.get("type") == "ROUTE" else cid
 
 
-def _target(channel_id: str) -> str:
+def _target(engine: Engine, channel_id: str) -> str:
     if channel_id.startswith(ROUTE_PREFIX):
-        return f"/route/{channel_id[len(ROUTE_PREFIX):]}"
-    return f"/commpoint/{channel_id}"
+        return f"/route/{segment(engine, channel_id[len(ROUTE_PREFIX):], 'route id')}"
+    return f"/commpoint/{segment(engine, channel_id, 'communication point id')}"
 
 
 class RhapsodyAdapter:
@@ -178,7 +185,7 @@ class RhapsodyAdapter:
         return out
 
     async def channel_status(self, channel_id: str, name: str = "") -> EngineChannel:
-        data = await self._data(_target(channel_id))
+        data = await self._data(_target(self.engine, channel_id))
         if not isinstance(data, dict):
             raise EngineError(f"rhapsody {self.engine.name}: unexpected body for {channel_id}")
         raw = str(data.get("state") or "UNKNOWN")
@@ -201,7 +208,7 @@ class RhapsodyAdapter:
     # -- control ----------------------------------------------------------------------------------------------
 
     async def _set_state(self, channel_id: str, action: str) -> None:
-        path = _target(channel_id) + "/state"
+        path = _target(self.engine, channel_id) + "/state"
         resp = await self._request("PUT", path, content=action, headers={"Content-Type": "text/plain"})
         if resp.status_code in (200, 204):
             return
