@@ -82,7 +82,8 @@ class Tls(_Model):
 class MllpIn(_Model):
     host: str = "0.0.0.0"
     port: Port
-    tls: Tls | None = None
+    # None: not said (refused in production); False (`tls: off`): plaintext on purpose, warned about at start.
+    tls: Tls | Literal[False] | None = None
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     idle_timeout: Duration = timedelta(minutes=10)
     max_connections: int = Field(default=2000, ge=1)

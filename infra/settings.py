@@ -93,6 +93,12 @@ class Settings(BaseSettings):
                 raise ValueError("LIFELINE_JWT_SECRET must be at least 32 characters")
         for name in ("store_previous_keys", "codec_previous_keys"):
             previous_keys(getattr(self, name).get_secret_value(), f"LIFELINE_{name.upper()}")
+        if self.environment == "production":
+            from infra.production import settings_problems
+
+            problems = settings_problems(self)
+            if problems:
+                raise ValueError("; ".join(f"{name}: {reason}" for name, reason in problems))
         return self
 
     def key(self, name: Literal["store_key", "codec_key"]) -> bytes:

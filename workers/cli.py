@@ -27,7 +27,15 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _config(settings: Settings) -> LifelineConfig:
-    return load_config(settings.config)
+    config = load_config(settings.config)
+    if settings.environment == "production":
+        from infra.config import config_path
+        from infra.production import config_problems
+
+        problems = config_problems(config)
+        if problems:
+            raise ConfigError(str(settings.config or config_path()), problems)
+    return config
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -182,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        print(f"lifeline: settings error: LIFELINE_{where.upper()}: {first['msg']}", file=sys.stderr)
+        where = ".".join(str(p) for p in first["loc"])
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        # A whole-settings rule (production mode) names its variables itself.
+        print(f"lifeline: settings error: {f'LIFELINE_{where.upper()}: ' if where else ''}{msg}", file=sys.stderr)
         return 2
     except StackError as exc:
         print(f"lifeline: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ from activities.store import DEFAULT_LIMITS, accept
 from infra.config import Channel, LifelineConfig
 from infra.crypto import Cipher
 from infra.db import create_pool
+from infra.production import plaintext_channels
 from infra.settings import Settings
 from interop.ack import build_nak_for_unparseable
 from interop.errors import APPLICATION_INTERNAL_ERROR, HL7ParseError
@@ -27,7 +28,7 @@ log = logging.getLogger("lifeline.listener")
 def tls_context(channel: Channel) -> ssl.SSLContext | None:
     assert channel.mllp is not None
     tls = channel.mllp.tls
-    if tls is None:
+    if not tls:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(tls.cert), str(tls.key))
@@ -131,6 +132,10 @@ async def run_listeners(settings: Settings, config: LifelineConfig, only: list[s
     # min_size=0: the listener listens (and answers AE "not stored; resend") even while PostgreSQL is down.
     pool = await create_pool(settings.database_url, min_size=0, max_size=settings.database_pool_max)
     cipher = settings.cipher("store")
+    if settings.environment == "production":
+        for name in plaintext_channels(config):
+            log.warning("channel %s: MLLP listener is plaintext (tls: off) in production: messages and ACKs cross "
+                        "the network unencrypted", name)
     listeners = [ChannelListener(c, pool, cipher, settings.message_limits()) for c in channels]
     for lst in listeners:
         await lst.start()
