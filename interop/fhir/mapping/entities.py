@@ -510,7 +510,8 @@ def related_person(m: Mapper, nk1: Segment) -> None:
     if not (names or relationship or telecom or addresses or org):
         m.issue(m.loc(nk1), "next of kin without name, relationship, contact or organisation: not mapped")
         return
-    m.add(res, key)
+    if names or relationship or telecom or addresses:  # an organisation alone is a contact, not a person
+        m.add(res, key)
     if m.patient_ref is not None:
         contact: JSON = {"relationship": relationship, "telecom": telecom}
         if names:

@@ -34,6 +34,7 @@ def on_orc(m: Mapper, orc: Segment) -> None:
     flush_orc(m)
     if m.msg.message_code == "OUL" and m.ctx.order is not None and not m.ctx.extra.get("order_has_orc"):
         attach_orc(m, orc, m.ctx.order)
+        m.ctx.order["status"] = order_status(m, orc)
         m.ctx.extra["order_has_orc"] = True
         return
     m.ctx.orc, m.ctx.orc_used = orc, False
@@ -181,7 +182,7 @@ def request_details(m: Mapper, obr: Segment, res: JSON) -> None:
         tq_priority(m, m.comp(obr, 27), res, m.loc(obr, 27))
     if "priority" not in res and (prio := m.val(obr, 5).upper()) in codes.PRIORITY:
         res["priority"] = codes.PRIORITY[prio]
-    if "occurrenceDateTime" not in res and (when := m.datetime(obr, 7)):
+    if (when := m.datetime(obr, 7)) and "occurrenceDateTime" not in res:
         res["occurrenceDateTime"] = when
     reasons = [c for c in (cwe_concept(x, m.cfg) for x in m.reps(obr, 31)) if c]
     if reasons:
@@ -189,6 +190,7 @@ def request_details(m: Mapper, obr: Segment, res: JSON) -> None:
     if info := m.val(obr, 13):
         res.setdefault("note", []).append({"text": info})
     performers = practitioners(m, obr, 34)
+    practitioners(m, obr, 10)  # collector: the Specimen's, when there is one
     practitioners(m, obr, 28)  # result copies to: Practitioners of the order, no ServiceRequest element
     if performers:
         res["performer"] = performers

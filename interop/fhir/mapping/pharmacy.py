@@ -8,7 +8,7 @@ from interop.fhir import codes
 from interop.fhir.datatypes import JSON, Composite, cwe_concept, number
 from interop.fhir.mapping import orders
 from interop.fhir.mapping.core import Mapper, concept_text, simple
-from interop.fhir.mapping.entities import location, practitioner, practitioners
+from interop.fhir.mapping.entities import location, practitioner, practitioners, xon_organization
 from interop.fhir.mapping.results import on_obx_generic, quantity
 from interop.message import Segment
 
@@ -74,6 +74,9 @@ def _request(m: Mapper, orc: Segment | None, seg: Segment, med: JSON) -> JSON:
             res["authoredOn"] = authored
         if who := practitioner(m, m.comp(orc, 12)):
             res["requester"] = who
+        for xon in m.reps(orc, 21):
+            if (org := xon_organization(m, xon)) and "requester" not in res:
+                res["requester"] = org
         practitioners(m, orc, 10)
         practitioners(m, orc, 11)
         location(m, m.comp(orc, 13))

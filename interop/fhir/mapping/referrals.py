@@ -73,6 +73,7 @@ def referral(m: Mapper, rf1: Segment) -> None:
     key = idents[0] if idents else m.message_key("ServiceRequest", rf1)
     ref = m.add(res, key)
     m.ctx.order, m.ctx.order_ref = m.resource(ref), ref
+    m.ctx.extra["referral"] = m.ctx.order
     m.ctx.note_target = m.ctx.order
 
 
@@ -119,9 +120,9 @@ def provider(m: Mapper, prd: Segment) -> None:
 
 def _link_providers(m: Mapper) -> None:
     """Referring provider → ServiceRequest.requester; referred-to / consulting → performer."""
-    order = m.ctx.order
+    order = m.ctx.extra.get("referral")
     for role, ref in m.ctx.extra.get("providers", []):
-        if order is None or order["resourceType"] != "ServiceRequest":
+        if order is None:
             return
         code = ((role.get("coding") or [{}])[0].get("code") or "").upper()
         slot = _PROVIDER_ROLES.get(code)
