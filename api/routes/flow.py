@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 
 from activities.flow import flow
 from api.deps import CurrentUser, PoolDep, guarded
 from api.problems import Problem
 from infra.config import parse_duration
+from infra.store import ops as ops_store
 
 router = APIRouter(prefix="/api/flow", tags=["monitoring"])
 MAX_WINDOW = timedelta(days=31)
@@ -40,3 +42,47 @@ async def get_flow(pool: PoolDep, user: CurrentUser, window: str = "5m", bucket:
     if w / b > MAX_BUCKETS:
         raise Problem(422, f"window / bucket gives more than {MAX_BUCKETS} buckets", field="bucket")
     return await flow(pool, user.org, window=w, bucket=b, channel=channel or None, destination=destination or None)
+
+
+class FlowSeries(BaseModel):
+    """One (channel, destination): per bucket, deliveries finished, accept-to-delivered p50/p95 and backlog."""
+
+    channel: str
+    destination: str
+    delivered: list[int]
+    p50_ms: list[float | None]
+    p95_ms: list[float | None]
+    backlog: list[int]
+
+
+class FlowSeriesPublic(BaseModel):
+    start: datetime
+    end: datetime
+    bucket_s: float
+    t: list[float] = Field(description="bucket starts, Unix seconds")
+    series: list[FlowSeries]
+
+
+@router.get("/series", response_model=FlowSeriesPublic, **guarded("viewer"))
+async def get_flow_series(pool: PoolDep, user: CurrentUser, window: str = "1h", bucket: str = "1m") -> FlowSeriesPublic:
+    """Time series for the dashboard charts: throughput, latency p50/p95 and backlog per channel and destination."""
+    w = duration_param(window, "window")
+    b = duration_param(bucket, "bucket")
+    if w > timedelta(days=1) or b > w or w / b > 1440:
+        raise Problem(422, "window must be at most 1d and hold at most 1440 buckets", field="window")
+    end = await pool.fetchval("select now()")
+    step = b.total_seconds()
+    end = datetime.fromtimestamp((end.timestamp() // step + 1) * step, tz=UTC)  # the current bucket is the last
+    start = end - w
+    n = int(w / b)
+    starts = [start + i * b for i in range(n)]
+    data = await ops_store.flow_series(pool, user.org, start, end, b)
+    series = []
+    for (channel, destination), by_bucket in sorted(data.items()):
+        cells = [by_bucket.get(t, {}) for t in starts]
+        series.append(FlowSeries(
+            channel=channel, destination=destination,
+            delivered=[int(c.get("delivered") or 0) for c in cells],
+            p50_ms=[c.get("p50_ms") for c in cells], p95_ms=[c.get("p95_ms") for c in cells],
+            backlog=[int(c.get("backlog") or 0) for c in cells]))
+    return FlowSeriesPublic(start=start, end=end, bucket_s=step, t=[t.timestamp() for t in starts], series=series)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -13,3 +13,41 @@ async def monitor_last_run(conn: asyncpg.Pool | asyncpg.Connection, org_id: str)
     """When the flow monitor last took a snapshot of this org's channels (each run refreshes their baselines)."""
     value: datetime | None = await conn.fetchval(_MONITOR_LAST_RUN, org_id)
     return value
+
+
+_SERIES_DELIVERED = """
+select m.channel, d.destination, date_bin($4::interval, d.finished_at, $2::timestamptz) as b,
+       count(*)::bigint as delivered,
+       percentile_cont(0.5) within group (order by d.latency_ms)::float8 as p50_ms,
+       percentile_cont(0.95) within group (order by d.latency_ms)::float8 as p95_ms
+from deliveries d join messages m on m.id = d.message_id
+where d.org_id = $1 and d.status = 'delivered' and d.finished_at >= $2 and d.finished_at < $3
+group by 1, 2, 3
+"""
+# Backlog at the end of each bucket: deliveries created by then and not finished by then.
+_SERIES_BACKLOG = """
+select m.channel, d.destination, g.t - $4::interval as b, count(*)::bigint as depth
+from generate_series($2::timestamptz + $4::interval, $3::timestamptz, $4::interval) as g(t)
+join deliveries d on d.created_at <= g.t and (d.finished_at is null or d.finished_at > g.t)
+join messages m on m.id = d.message_id
+where d.org_id = $1 and d.created_at < $3 and (d.finished_at is null or d.finished_at > $2)
+group by 1, 2, 3
+"""
+_SERIES_ROUTES = """
+select distinct m.channel, d.destination from deliveries d join messages m on m.id = d.message_id
+where d.org_id = $1 and (d.finished_at is null or d.finished_at >= $2) and d.created_at < $3
+"""
+
+
+async def flow_series(conn: asyncpg.Pool | asyncpg.Connection, org_id: str, start: datetime, end: datetime,
+                      bucket: timedelta) -> dict[tuple[str, str], dict[datetime, dict[str, float | None]]]:
+    """Per (channel, destination) and bucket start: delivered count, p50/p95 accept-to-delivered ms, backlog."""
+    out: dict[tuple[str, str], dict[datetime, dict[str, float | None]]] = {}
+    for r in await conn.fetch(_SERIES_ROUTES, org_id, start, end):
+        out.setdefault((r["channel"], r["destination"]), {})
+    for r in await conn.fetch(_SERIES_DELIVERED, org_id, start, end, bucket):
+        out.setdefault((r["channel"], r["destination"]), {}).setdefault(r["b"], {}).update(
+            delivered=float(r["delivered"]), p50_ms=r["p50_ms"], p95_ms=r["p95_ms"])
+    for r in await conn.fetch(_SERIES_BACKLOG, org_id, start, end, bucket):
+        out.setdefault((r["channel"], r["destination"]), {}).setdefault(r["b"], {})["backlog"] = float(r["depth"])
+    return out
