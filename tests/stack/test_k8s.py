@@ -23,6 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from infra.config import load_config
 from infra.devstack import free_port
+from infra.production import config_problems
 from infra.settings import Settings
 from tests.conftest import TEST_JWT_SECRET, make_settings
 from workers.cli import build_parser
@@ -152,6 +153,12 @@ def test_configuration_is_real_and_secrets_are_placeholders(resources: list[tupl
     config_file = tmp_path / "lifeline.yaml"
     config_file.write_text(_of(resources, "ConfigMap")["lifeline-config"]["data"]["lifeline.yaml"])
     config = load_config(config_file)
+    assert config_problems(config) == []  # production refuses a plaintext listener that does not say so
+    listener_mounts = {m["mountPath"] for c in _containers(_of(resources, "Deployment")["lifeline-listener"])
+                       for m in c["volumeMounts"]}
+    for channel in config.channels:
+        if channel.mllp is not None and channel.mllp.tls:
+            assert str(Path(channel.mllp.tls.cert).parent) in listener_mounts
     listener = _containers(_of(resources, "Deployment")["lifeline-listener"])[0]
     ports = {p["containerPort"] for p in listener["ports"]}
     assert {c.mllp.port for c in config.channels if c.mllp is not None} == ports
