@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -26,6 +28,11 @@ class Cipher:
         self.key_id = key_id
         self._keys: dict[str, AESGCM] = {k: AESGCM(v) for k, v in (older or {}).items()}
         self._keys[key_id] = AESGCM(key)
+        self._current = key
+
+    def derive_key(self, label: bytes) -> bytes:
+        """A 256-bit key for another purpose (HMAC of the label under the current key)."""
+        return hmac.new(self._current, label, hashlib.sha256).digest()
 
     def encrypt(self, plaintext: bytes, aad: bytes = b"") -> bytes:
         nonce = os.urandom(_NONCE)

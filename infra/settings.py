@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     codec_key_id: str = "k1"
     # Key rotation: earlier keys stay readable, "id:base64[,id:base64...]"; new data uses the current key.
     store_previous_keys: SecretStr = SecretStr("")
+    # HMAC key for ordered-lane values (an MRN is stored only as its keyed hash). Empty: derived from the store key;
+    # set it (base64 of 32 bytes) before rotating the store key so lanes stay the same across the rotation.
+    lane_key: SecretStr = SecretStr("")
     codec_previous_keys: SecretStr = SecretStr("")
 
     # Per-message limits on every accept path (MLLP, REST, files): more segments or a longer segment is refused
@@ -108,6 +111,13 @@ class Settings(BaseSettings):
             raise RuntimeError(f"LIFELINE_{name.upper()} is not set (lifeline up generates one for development)")
         return decode_key(secret, f"LIFELINE_{name.upper()}")
 
+
+    def lane_hmac_key(self) -> bytes:
+        """The key that turns a lane value (PID-3.1 ...) into its stored hash."""
+        value = self.lane_key.get_secret_value()
+        if value:
+            return decode_key(value, "LIFELINE_LANE_KEY")
+        return self.cipher("store").derive_key(b"lifeline/lane/v1")
 
     def message_limits(self) -> Limits:
         """The per-message segment limits for interop.parse."""

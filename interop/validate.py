@@ -319,15 +319,18 @@ FIELDS: dict[str, dict[int, Rule]] = {
 
 
 def check_type(value: str, dtype: str) -> str | None:
-    """Why a value is not of a data type (None when it is); value is one unescaped repetition."""
+    """Why a value is not of a data type (None when it is); value is one unescaped repetition.
+
+    The reason names the rule, never the value: findings are stored and shown to viewers, and values are PHI.
+    """
     if dtype == "NM":
-        return None if _NM.match(value) else f"{value!r} is not a number (NM)"
+        return None if _NM.match(value) else "is not a number (NM)"
     if dtype == "SI":
-        return None if _SI.match(value) else f"{value!r} is not a sequence id (SI)"
+        return None if _SI.match(value) else "is not a sequence id (SI)"
     if dtype in ("DTM", "TS", "DT"):
         return _check_dtm(value, date_only=dtype == "DT")
     if dtype == "TM":
-        return None if _TM.match(value) else f"{value!r} is not a time (TM)"
+        return None if _TM.match(value) else "is not a time (TM)"
     return None
 
 
@@ -335,17 +338,17 @@ def _check_dtm(value: str, *, date_only: bool) -> str | None:
     kind = "date (DT)" if date_only else "date/time (DTM)"
     m = _DTM.match(value)
     if not m or (date_only and (m.group("h") or m.group("tz"))):
-        return f"{value!r} is not a {kind}"
+        return f"is not a {kind}"
     year = int(m.group("y"))
     month = int(m.group("mo") or 1)
     day = int(m.group("d") or 1)
     if not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
-        return f"{value!r} is not a valid calendar date"
+        return "is not a valid calendar date"
     if int(m.group("h") or 0) > 23 or int(m.group("mi") or 0) > 59 or int(m.group("s") or 0) > 59:
-        return f"{value!r} has an invalid time of day"
+        return "has an invalid time of day"
     tz = m.group("tz")
     if tz and (int(tz[1:3]) > 14 or int(tz[3:]) > 59):
-        return f"{value!r} has an invalid time zone offset"
+        return "has an invalid time zone offset"
     return None
 
 
@@ -357,12 +360,12 @@ def _check_sn(components: list[str]) -> str | None:
     comps = (components + ["", "", "", ""])[:4]
     comparator, num1, sep, num2 = comps
     if comparator not in _SN_COMPARATORS:
-        return f"SN comparator {comparator!r} is not one of > < >= <= = <>"
+        return "SN comparator is not one of > < >= <= = <>"
     if sep not in _SN_SEPARATORS:
-        return f"SN separator {sep!r} is not one of - + / . :"
+        return "SN separator is not one of - + / . :"
     for num in (num1, num2):
         if num and not _NM.match(num):
-            return f"SN number {num!r} is not numeric"
+            return "SN number is not numeric"
     if not num1 and not num2:
         return "SN value has no number"
     return None
@@ -406,7 +409,7 @@ def _check_fields(m: Message, report: ValidationReport) -> None:
                     values = TABLES[rule.table]
                     if first not in values:
                         report.add(TABLE_VALUE_NOT_FOUND,
-                                   f"{seg.id}-{n}: {first!r} is not in HL7 table {rule.table}",
+                                   f"{seg.id}-{n}: value is not in HL7 table {rule.table}",
                                    severity="error" if rule.table in STRICT_TABLES else "warning",
                                    segment=seg.id, occurrence=occ, field=n, repetition=rep, component=1)
         if seg.id == "OBX":

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import hashlib
+import hmac
 import logging
 import signal
 from dataclasses import dataclass
@@ -77,14 +79,24 @@ def route(channel: Channel, message_type: str, sending_app: str, sending_facilit
     return out
 
 
-def lane_of(dest: Destination, message: Message | None) -> str | None:
-    """None: unordered; '' the whole destination is one lane; else the key value (PID-3.1 ...)."""
+LANE_KEY_LABEL = b"lifeline/lane/v1"
+
+
+def lane_of(dest: Destination, message: Message | None, key: bytes = b"") -> str | None:
+    """None: unordered; '' the whole destination is one lane; else a keyed hash of the key value (PID-3.1 ...).
+
+    Lanes are only compared for equality, so the stored value is HMAC-SHA256(key, value) (128 bits, hex): an MRN
+    never lands in `deliveries.lane` where viewers and reports read it.
+    """
     if dest.ordering == "none":
         return None
     path = dest.lane_key_path
     if path is None:
         return ""
-    return message.get(path) if message is not None else ""
+    value = message.get(path) if message is not None else ""
+    if not value:
+        return ""
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 async def start_delivery(client: Client, task_queue: str, inp: DeliveryInput, workflow_id: str) -> bool:
@@ -112,6 +124,11 @@ class Dispatcher:
     cipher: Cipher
     task_queue: str
     batch: int = 500
+    lane_key: bytes = b""  # empty: derived from the store key (Settings.lane_hmac_key gives the configured one)
+
+    def __post_init__(self) -> None:
+        if not self.lane_key:
+            self.lane_key = self.cipher.derive_key(LANE_KEY_LABEL)
 
     async def tick(self) -> tuple[int, int]:
         """Route what is new, then start what may start; returns (routed, started)."""
@@ -162,7 +179,7 @@ class Dispatcher:
                     d_dest.append(name)
                     d_org.append(row["org_id"])
                     d_seq.append(row["seq"])
-                    d_lane.append(lane_of(dest, message))
+                    d_lane.append(lane_of(dest, message, self.lane_key))
                     d_wf.append(delivery_workflow_id(row["id"], name))
             if d_msg:
                 await conn.execute(
@@ -274,7 +291,7 @@ async def run_dispatcher(settings: Settings, config: LifelineConfig) -> None:
     pool = await until_up("PostgreSQL", lambda: create_pool(settings.database_url, min_size=1, max_size=4))
     client = await until_up("Temporal", lambda: connect_temporal(settings))
     cipher = settings.cipher("store")
-    dispatcher = Dispatcher(pool, client, config, cipher, settings.task_queue)
+    dispatcher = Dispatcher(pool, client, config, cipher, settings.task_queue, lane_key=settings.lane_hmac_key())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

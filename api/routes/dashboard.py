@@ -29,6 +29,7 @@ from activities.store import blocked_lanes, list_dead_letters
 from api.auth import AuthError, Principal, verify_token
 from api.deps import SESSION_COOKIE, ConfigDep, CurrentUser, PoolDep, SettingsDep, guarded
 from api.problems import Problem
+from api.redact import redact
 from infra.config import LifelineConfig
 from infra.settings import Settings
 from workflows.contract import ACTION_SAFETY
@@ -190,7 +191,8 @@ async def compose_snapshot(pool: asyncpg.Pool, settings: Settings, config: Lifel
     blocking = [d.name for d in config.destinations if d.org == org and d.ordered and d.on_dead_letter == "block"]
     lanes = await blocked_lanes(pool, org, blocking)
     dead_open = await pool.fetchval("select count(*) from dead_letters where org_id = $1 and status = 'open'", org)
-    dead_recent = await list_dead_letters(pool, org, status="open", limit=10)
+    # One snapshot serves every role of the org, so it carries no peer texts (the API gives them to PHI readers).
+    dead_recent = redact(await list_dead_letters(pool, org, status="open", limit=10))
     cases = await pool.fetch(_CASES, org, CLOSED_STAGES)
 
     # Configured channels and routes show up idle, so the panels list them before their first message.

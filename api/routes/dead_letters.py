@@ -14,6 +14,7 @@ from temporalio.service import RPCError
 from activities.store import audit, blocked_lanes, list_dead_letters, open_dead_letter_ids
 from api.deps import ConfigDep, CurrentUser, PoolDep, SettingsDep, TemporalDep, guarded
 from api.problems import Problem
+from api.redact import for_user
 from workflows.contract import QUERY_PROGRESS, ReplayInput, ReplayProgress, replay_workflow_id
 
 router = APIRouter(tags=["dead letters"])
@@ -47,7 +48,7 @@ async def dead_letters(pool: PoolDep, user: CurrentUser, destination: str | None
     """Dead letters of the caller's org with their attempt history."""
     items = await list_dead_letters(pool, user.org, destination=destination, status=status, since=since,
                                     until=until, limit=limit, offset=offset)
-    return {"items": items, "limit": limit, "offset": offset}
+    return {"items": for_user(items, user), "limit": limit, "offset": offset}
 
 
 @router.post("/api/dead-letters/replay", status_code=202, **guarded("operator"))

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from activities.store import audit, get_message, list_messages, load_body
 from api.deps import CurrentUser, PoolDep, SettingsDep, guarded
 from api.problems import Problem
+from api.redact import for_user
 
 router = APIRouter(prefix="/api/messages", tags=["messages"])
 
@@ -40,6 +41,7 @@ async def message(message_id: str, request: Request, pool: PoolDep, settings: Se
     ui = settings.temporal_ui_url.rstrip("/")
     for d in found["deliveries"]:
         d["workflow_url"] = f"{ui}/namespaces/{settings.temporal_namespace}/workflows/{d['workflow_id']}"
+    found = dict(for_user(found, user))
     if include == "body":
         found["body"] = await load_body(pool, request.app.state.store_cipher, message_id)
         await audit(pool, org_id=user.org, actor=user.subject, role=",".join(user.roles), action="message.read_body",

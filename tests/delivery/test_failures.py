@@ -5,6 +5,8 @@ skip), and double dispatch that must never start a second DeliveryWorkflow."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from collections import defaultdict
 from typing import Any
 
@@ -27,7 +29,7 @@ from tests.delivery.harness import (
     send_mllp,
     wait_for,
 )
-from workers.dispatcher import K_CHANNEL, K_DESTINATION, K_STATUS, Dispatcher
+from workers.dispatcher import K_CHANNEL, K_DESTINATION, K_STATUS, LANE_KEY_LABEL, Dispatcher
 from workflows.contract import delivery_workflow_id
 
 FAST = {"initial_interval": "100ms", "backoff": 1.5, "maximum_interval": "500ms"}
@@ -222,8 +224,10 @@ async def _rejected_head(pool: asyncpg.Pool, temporal_client: Client, store_ciph
             states = {r["message_id"]: r["status"] for r in await pool.fetch("select * from deliveries")}
             assert states[ids["A2"]] == states[ids["A3"]] == "pending"
             items = blocked.json()["items"]
+            # The lane is the keyed hash of PID-3.1 "MRNA", never the MRN itself.
+            mrna = hmac.new(store_cipher.derive_key(LANE_KEY_LABEL), b"MRNA", hashlib.sha256).hexdigest()[:32]
             assert [(i["destination"], i["lane"], i["head_message_id"], i["waiting"]) for i in items] == [
-                ("lab", "MRNA", ids["A1"], 2)]
+                ("lab", mrna, ids["A1"], 2)]
             peer.answers.clear()  # the peer accepts the head now
             await replay_and_wait(api, {"ids": [dl["id"]]}, 1)
             await wait_for(lambda: len(peer.received) >= 5, timeout=15)
