@@ -315,10 +315,25 @@ def test_unsupported_type_is_a_mapping_error() -> None:
         to_fhir_bundle(msg)
 
 
-def test_patient_without_identifier_is_a_mapping_error() -> None:
+def test_patient_without_identifier_is_keyed_on_demographics_or_refused() -> None:
     text = load("map_oru_r01_values").replace("MRN42^^^CITYHOSP^MR", "")
+    result = to_fhir_bundle(parse(text))
+    patient = one(result, "Patient")
+    assert patient["identifier"][0]["system"] == KEY_SYSTEM
+    assert any(i.location == "PID-3" and "name, birth date" in i.reason for i in result.issues)
+    assert patient["identifier"] == one(to_fhir_bundle(parse(text)), "Patient")["identifier"]
     with pytest.raises(MappingError, match="PID-3"):
-        to_fhir_bundle(parse(text))
+        to_fhir_bundle(parse(text.replace("ROE^RICHARD", "")))
+
+
+def test_missing_event_segments_are_reported_not_refused() -> None:
+    no_sch = "\r".join(s for s in load("map_siu_s12_tz").split("\r") if not s.startswith("SCH"))
+    result = to_fhir_bundle(parse(no_sch))
+    assert result.resources("Patient") and not result.resources("Appointment")
+    assert any(i.location == "SCH" and i.severity == "error" for i in result.issues)
+    no_date = load("vxu_v04_251_immunization").replace("|20240501093000|20240501093000|", "|||", 1)
+    result = to_fhir_bundle(parse(no_date))
+    assert any(i.location.startswith("RXA") and i.severity == "error" for i in result.issues)
 
 
 def test_invalid_resource_names_resource_and_field() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import binascii
 
-from interop.errors import MappingError
 from interop.fhir import codes
 from interop.fhir.datatypes import JSON, Composite, cwe_concept, ei_identifier
 from interop.fhir.mapping.core import Mapper
@@ -18,9 +17,8 @@ from interop.message import Segment
 def run(m: Mapper) -> None:
     from interop.fhir.mapping.walk import walk
 
-    txa = m.msg.segment("TXA")
-    if txa is None:
-        raise MappingError(f"{m.msg.message_type}: TXA segment missing")
+    if m.msg.segment("TXA") is None:
+        m.issue("TXA", f"{m.msg.message_type} without TXA: no DocumentReference", "error")
     walk(m, {"TXA": document, "OBX": on_obx}, authoritative=False)
 
 

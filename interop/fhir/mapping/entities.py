@@ -192,7 +192,7 @@ def patient(m: Mapper, pid: Segment, *, authoritative: bool) -> JSON:
                 idents.append(ident)
                 authority_organization(m, cx, 4)
     if not idents:
-        raise MappingError(f"{m.loc(pid, 3)}: no patient identifier, a Patient cannot be keyed")
+        key = _demographic_key(m, pid)
     key = key or idents[0]
     if ssn := m.val(pid, 19):
         idents.append({"system": codes.SSN, "value": ssn,
@@ -279,6 +279,16 @@ def patient(m: Mapper, pid: Segment, *, authoritative: bool) -> JSON:
     m.patient_ref = m.add(res, key, update=authoritative)
     m.encounter_ref = m.encounter_key = None
     return m.patient_ref
+
+
+def _demographic_key(m: Mapper, pid: Segment) -> JSON:
+    """No identifier at all: key the Patient on sender + name + birth date + sex (said in an issue), or fail."""
+    name = m.comp(pid, 5)
+    if not (name(1) or name(2)):
+        raise MappingError(f"{m.loc(pid, 3)}: no patient identifier and no name, a Patient cannot be keyed")
+    m.issue(m.loc(pid, 3), "no patient identifier: Patient keyed on sender, name, birth date and sex")
+    return m.derived_key("Patient", m.authority, name(1).upper(), name(2).upper(), pid.get(7)[:8],
+                         pid.get(8).upper())
 
 
 def _unique(items: list[JSON]) -> list[JSON]:

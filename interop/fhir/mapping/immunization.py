@@ -3,7 +3,6 @@ Observations ``partOf`` the Immunization."""
 
 from __future__ import annotations
 
-from interop.errors import MappingError
 from interop.fhir import codes
 from interop.fhir.datatypes import JSON, cwe_concept, number, table_concept
 from interop.fhir.mapping import orders, pharmacy
@@ -11,6 +10,14 @@ from interop.fhir.mapping.core import Mapper
 from interop.fhir.mapping.entities import hd_organization, location, practitioners
 from interop.fhir.mapping.results import on_obx_generic, quantity
 from interop.message import Segment
+
+
+class _Skip(Exception):
+    """An RXA that cannot be an Immunization: reported, the rest of the message still maps."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(reason)
+        self.where, self.reason = where, reason
 
 
 def run(m: Mapper) -> None:
@@ -22,7 +29,12 @@ def run(m: Mapper) -> None:
 
 def on_rxa(m: Mapper, rxa: Segment) -> None:
     orc = orders.take_orc(m, rxa)
-    res, ref = immunization(m, orc, rxa)
+    try:
+        res, ref = immunization(m, orc, rxa)
+    except _Skip as skip:
+        m.issue(skip.where, skip.reason, "error")
+        m.use_all(rxa)
+        return
     m.ctx.parent, m.ctx.parent_ref, m.ctx.note_target = res, ref, res
     m.ctx.order = m.ctx.order_ref = None
 
@@ -37,10 +49,10 @@ def immunization(m: Mapper, orc: Segment | None, rxa: Segment) -> tuple[JSON, JS
         m.use_all(orc)
     vaccine = cwe_concept(m.comp(rxa, 5), m.cfg, "0292")
     if vaccine is None:
-        raise MappingError(f"{m.loc(rxa, 5)}: administered code missing, Immunization needs one")
+        raise _Skip(m.loc(rxa, 5), "administered code missing: no Immunization")
     occurrence = m.datetime(rxa, 3)
     if occurrence is None:
-        raise MappingError(f"{m.loc(rxa, 3)}: administration date missing or invalid")
+        raise _Skip(m.loc(rxa, 3), "administration date missing or invalid: no Immunization")
     filler = next((i for i in idents if i["type"]["coding"][0]["code"] == "FILL"), None)
     pat_sys, pat_val = m.patient_parts()
     key = filler or (idents[0] if idents else m.unique_key(

@@ -3,7 +3,6 @@ each naming a Medication (one per drug code); RXR route and site onto the dosage
 
 from __future__ import annotations
 
-from interop.errors import MappingError
 from interop.fhir import codes
 from interop.fhir.datatypes import JSON, Composite, cwe_concept, number
 from interop.fhir.mapping import orders
@@ -97,7 +96,9 @@ def medication_request(m: Mapper, orc: Segment | None, rxe: Segment) -> None:
     """ORC + RXE → MedicationRequest keyed on the placer order number."""
     med = cwe_concept(m.comp(rxe, 2), m.cfg)
     if med is None:
-        raise MappingError(f"{m.loc(rxe, 2)}: give code missing, MedicationRequest needs a medication")
+        m.issue(m.loc(rxe, 2), "give code missing: no MedicationRequest", "error")
+        m.use_all(rxe)
+        return
     res = _request(m, orc, rxe, med)
     dosage: JSON = {}
     tq = m.comp(rxe, 1)

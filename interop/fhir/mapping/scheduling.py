@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from interop.errors import MappingError
 from interop.fhir import codes
 from interop.fhir.datatypes import JSON, cwe_concept, ei_identifier, number
 from interop.fhir.mapping.core import Mapper, concept_text
@@ -23,9 +22,10 @@ def run(m: Mapper) -> None:
 
     sch = m.msg.segment("SCH")
     if sch is None:
-        raise MappingError(f"{m.msg.message_type}: SCH segment missing")
+        m.issue("SCH", f"{m.msg.message_type} without SCH: no Appointment", "error")
     skip = dict.fromkeys((*_RESOURCES, "SCH"), _later)
-    walk(m, {**skip, "NTE": on_nte}, authoritative=False, finish=lambda mm: appointment(mm, sch))
+    walk(m, {**skip, "NTE": on_nte}, authoritative=False,
+         finish=lambda mm: appointment(mm, sch) if sch is not None else None)
 
 
 def _later(m: Mapper, seg: Segment) -> None:
