@@ -17,6 +17,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.breaker import new_breakers
 from activities.http import HttpSendError, send_fhir, send_webhook
 from activities.mllp import MllpSender, SendError
 from activities.store import OUTBOX_CHANNEL
@@ -118,6 +119,7 @@ class DeliveryActivities:
         self.config = config
         self.mllp = mllp or MllpSender()
         self.http = http or httpx.AsyncClient()
+        self.breakers = new_breakers(pool)
 
     @activity.defn(name="deliver")
     async def deliver(self, inp: DeliverActivityInput) -> DeliverActivityResult:
@@ -141,7 +143,7 @@ class DeliveryActivities:
         started = time.monotonic()
         try:
             message = await asyncio.to_thread(parse, body)  # CPU work off the worker's event loop
-            answer = await _heartbeating(self._send(dest, message, inp))
+            answer = await _heartbeating(self.breakers.call(dest, lambda: self._send(dest, message, inp)))
         except SendError as exc:
             duration = int((time.monotonic() - started) * 1000)
             outcome = "permanent" if exc.permanent else "retryable"

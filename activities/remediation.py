@@ -17,6 +17,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.breaker import reset_all
 from activities.engines.base import EngineAdapter, EngineNotSupported
 from activities.oncall import NotificationPending, Notifier, case_event
 from activities.store import OUTBOX_CHANNEL, audit, blocked_lanes, open_dead_letter_ids
@@ -103,6 +104,7 @@ class RemediationActivities:
 
     async def _retry_now(self, inp: ActionInput, dest: str) -> ActionResult:
         """ResetActivity on every started delivery to dest: an attempt waiting out its backoff runs now."""
+        reset_all(inp.org_id, dest)  # an open breaker probes at once instead of at its probe time
         client = await self.client_provider()
         ids = [r["workflow_id"] for r in await self.pool.fetch(
             "select workflow_id from deliveries where org_id = $1 and destination = $2 and status = 'started'"

@@ -13,7 +13,20 @@ from temporalio.client import Client
 
 from api import problems
 from api.routes import audit as audit_routes
-from api.routes import channels, codec, dashboard, dead_letters, flow, health, hl7, messages, metrics, remediations, sla
+from api.routes import (
+    breakers,
+    channels,
+    codec,
+    dashboard,
+    dead_letters,
+    flow,
+    health,
+    hl7,
+    messages,
+    metrics,
+    remediations,
+    sla,
+)
 from infra.config import LifelineConfig, get_config
 from infra.crypto import Cipher, EncryptionCodec, data_converter
 from infra.db import create_pool
@@ -74,6 +87,7 @@ def create_app(settings: Settings | None = None, config: LifelineConfig | None =
     app.include_router(remediations.router)
     app.include_router(dashboard.router)
     app.include_router(flow.router)
+    app.include_router(breakers.router)
     app.include_router(metrics.router)
     app.include_router(sla.router)
     app.include_router(audit_routes.router)

@@ -267,6 +267,16 @@ class Retry(_Model):
     maximum_attempts: int = Field(default=20, ge=1)
 
 
+class CircuitBreaker(_Model):
+    """Per destination (activities/breaker.py): open after `failures` connection failures in a row. Opt-in: while
+    open, retries are spaced by the probe interval rather than the retry policy, and no attempt is recorded."""
+
+    enabled: bool = False
+    failures: int = Field(default=5, ge=1)
+    probe_interval: Duration = timedelta(seconds=5)  # open → the first half-open probe; doubles after a failed one
+    max_probe_interval: Duration = timedelta(seconds=30)
+
+
 class Destination(_Model):
     name: Name
     org: Name = "default"
@@ -278,6 +288,7 @@ class Destination(_Model):
     ordering: Ordering = "none"
     on_dead_letter: Literal["block", "skip"] = "block"
     retry: Retry = Retry()
+    breaker: CircuitBreaker = CircuitBreaker()
 
     @model_validator(mode="after")
     def _one_kind(self) -> Destination:

@@ -32,6 +32,7 @@ from api.problems import Problem
 from api.redact import redact
 from infra.config import LifelineConfig
 from infra.settings import Settings
+from infra.store.breakers import list_breakers
 from workflows.contract import ACTION_SAFETY
 
 log = logging.getLogger("lifeline.dashboard")
@@ -207,9 +208,11 @@ async def compose_snapshot(pool: asyncpg.Pool, settings: Settings, config: Lifel
     for lane in lanes:
         blocked_by_dest[lane["destination"]] = blocked_by_dest.get(lane["destination"], 0) + 1
         lane["workflow_url"] = _ui_link(settings, f"delivery:{lane['head_message_id']}:{lane['destination']}")
+    breaker = {b["destination"]: b["state"] for b in await list_breakers(pool, org)}
     for f in flows.values():
         f.pop("buckets", None)  # the sparkline data is for GET /api/flow; a 2 s snapshot stays small
         f["lanes_blocked"] = blocked_by_dest.get(f["destination"], 0)
+        f["breaker"] = breaker.get(f["destination"], "closed")
     for c in channels.values():
         c.pop("buckets", None)
 

@@ -88,7 +88,10 @@
       const p95 = f.latency && f.latency.end_to_end ? f.latency.end_to_end.p95_ms : null;
       const backlog = f.backlog || {};
       return el('tr', { 'data-flow': `${f.channel}>${f.destination}` },
-        el('td', {}, f.channel, el('span', { class: 'muted', text: ' → ' }), f.destination),
+        el('td', {}, f.channel, el('span', { class: 'muted', text: ' → ' }), f.destination,
+          f.breaker && f.breaker !== 'closed'
+            ? el('span', { class: 'bad', 'data-breaker': f.breaker, text: ` (breaker ${f.breaker.replace('_', '-')})` })
+            : ''),
         el('td', { class: 'num', text: fmtRate(f.rate && f.rate.per_minute) }),
         el('td', { class: 'num good', text: fmtInt(f.attempts_succeeded) }),
         el('td', { class: `num ${f.attempts_failed ? 'bad' : ''}`, text: fmtInt(f.attempts_failed) }),
