@@ -37,6 +37,7 @@ from infra.devstack import (
     stop_process,
 )
 from infra.settings import Settings
+from infra.supervision import STATUS_FILE, read_status
 
 log = logging.getLogger("lifeline.up")
 
@@ -66,7 +67,6 @@ CRASH_LOOP_DEATHS = 5  # this many deaths in a row, each within STABLE_S of its 
 CRASH_LOOP_RETRY_S = 60.0  # a crash-looping child is tried again this often (its cause may go away), not in a spin
 MAX_BACKOFF_S = 30.0
 HEALTH_EVERY_S = 2.0
-STATUS_FILE = "status.json"
 TAIL_LINES = 12
 
 
@@ -400,25 +400,6 @@ def _duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-
-
-def read_status(data_dir: Path) -> dict[str, object] | None:
-    """The supervisor's status file, or None when `lifeline up` is not running there."""
-    path = data_dir / STATUS_FILE
-    try:
-        data: dict[str, object] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    pid = data.get("supervisor_pid")
-    if not isinstance(pid, int) or data.get("stopping"):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return data
 
 
 def print_status(data_dir: Path, as_json: bool = False) -> int:

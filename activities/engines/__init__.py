@@ -28,5 +28,6 @@ def build_adapter(engine: Engine, **deps: Any) -> EngineAdapter:
 
         if deps.get("pool") is None or deps.get("config") is None:
             raise EngineError(f"engine {engine.name}: kind lifeline needs pool and config")
-        return LifelineAdapter(deps["pool"], deps["config"], org=engine.org, channels=engine.channels)
+        return LifelineAdapter(deps["pool"], deps["config"], org=engine.org, channels=engine.channels,
+                               processes=True)
     raise EngineError(f"engine {engine.name}: unknown kind {engine.kind!r}")

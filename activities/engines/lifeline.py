@@ -6,16 +6,31 @@ open dead letter blocks a `block` destination, else `started`. received/sent sta
 every poll would scan the whole table, and the flow monitor reads Lifeline's own numbers from the store directly.
 pause/resume write `destination_state`; start/stop/halt/clear_queue are not offered (a destination has no
 process to start, and discarding messages is a separate, approved action).
+
+Lifeline's own processes are channels too (`processes=True`, as build_adapter makes it): `process:listener`,
+`process:dispatcher`, `process:worker`, `process:api`. Their state comes from the supervisor's status file under
+`lifeline up` (running → started; restarting or crash-loop → error, with the last log lines; errors = restarts),
+and the dispatcher's also from the store: accepted messages left unrouted for longer than STALL_S → error
+`stalled`, whoever supervises it. Without a supervisor the others are `unknown`. So a crash loop or a stalled
+dispatcher opens a remediation case like any other engine's channel (the supervisor, not the adapter, restarts).
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import asyncpg
 
 from activities.engines.base import EngineChannel, EngineNotFound, EngineNotSupported, State
 from infra.config import Destination, LifelineConfig
+from infra.store.selfwatch import outbox_waiting
+from infra.supervision import read_status
 
 ACTOR = "engine-adapter"
+PROCESSES = ("listener", "dispatcher", "worker", "api")
+PROCESS_PREFIX = "process:"
+STALL_S = 30.0  # the dispatcher routes within a second or two; this long without routing is a stall
 
 
 class LifelineAdapter:
@@ -23,11 +38,55 @@ class LifelineAdapter:
     capabilities = frozenset({"pause", "resume"})
 
     def __init__(self, pool: asyncpg.Pool, config: LifelineConfig, org: str | None = None,
-                 channels: list[str] | None = None) -> None:
+                 channels: list[str] | None = None, processes: bool = False, data_dir: Path | None = None) -> None:
         self.pool = pool
         self.config = config
         self.org = org
         self.only = set(channels or [])
+        self.processes = processes
+        self.data_dir = data_dir or Path(os.environ.get("LIFELINE_DATA_DIR", ".lifeline"))
+
+    def _process_names(self) -> list[str]:
+        if not self.processes:
+            return []
+        return [p for p in PROCESSES if not self.only or PROCESS_PREFIX + p in self.only]
+
+    async def _read_processes(self, names: list[str]) -> list[EngineChannel]:
+        status = read_status(self.data_dir)
+        procs = {p["name"]: p for p in (status or {}).get("processes", [])}
+        out = []
+        for name in names:
+            p = procs.get(name)
+            detail: dict[str, str] = {"kind": "process"}
+            state: State
+            if p is None:
+                state, raw, restarts = "unknown", "not supervised" if status is None else "not running", 0
+            else:
+                restarts = int(p.get("restarts") or 0)
+                detail.update(pid=str(p.get("pid") or ""), health=str(p.get("health")),
+                              uptime_s=str(p.get("uptime_s")), restarts=str(restarts))
+                raw = str(p.get("state"))
+                if raw == "running":
+                    state = "started" if p.get("health") in ("ok", "unknown") else "starting"
+                elif raw in ("restarting", "crash-loop"):
+                    state = "error"
+                    if p.get("last_exit"):
+                        detail["last_exit"] = str(p["last_exit"])
+                    if p.get("tail"):
+                        detail["error"] = " | ".join(str(x) for x in p["tail"][-3:])[:300]
+                else:
+                    state = "stopped"
+            queued = 0
+            if name == "dispatcher":
+                waiting, oldest = await outbox_waiting(self.pool)
+                queued = waiting
+                detail.update(outbox=str(waiting), outbox_oldest_s=f"{oldest:.0f}")
+                if waiting and oldest > STALL_S and state != "error":
+                    state, raw = "error", "stalled"
+                    detail["error"] = f"{waiting} accepted message(s) not routed, oldest {oldest:.0f}s"
+            out.append(EngineChannel(id=PROCESS_PREFIX + name, name=f"lifeline {name}", state=state,
+                                     raw_state=raw, queued=queued, errors=restarts, detail=detail))
+        return out
 
     def _destinations(self) -> list[Destination]:
         return [d for d in self.config.destinations
@@ -79,9 +138,14 @@ class LifelineAdapter:
         return out
 
     async def list_channels(self) -> list[EngineChannel]:
-        return await self._read(self._destinations())
+        return await self._read(self._destinations()) + await self._read_processes(self._process_names())
 
     async def channel_status(self, channel_id: str) -> EngineChannel:
+        if channel_id.startswith(PROCESS_PREFIX):
+            name = channel_id.removeprefix(PROCESS_PREFIX)
+            if name not in self._process_names():
+                raise EngineNotFound(f"lifeline: no process channel {channel_id!r}")
+            return (await self._read_processes([name]))[0]
         return (await self._read([self._destination(channel_id)]))[0]
 
     async def _set_paused(self, channel_id: str, paused: bool) -> None:
@@ -104,6 +168,9 @@ class LifelineAdapter:
         await self._set_paused(channel_id, False)
 
     async def start(self, channel_id: str) -> None:
+        if channel_id.startswith(PROCESS_PREFIX):
+            raise EngineNotSupported("Lifeline's processes are restarted by their supervisor (lifeline up, or the "
+                                     "orchestrator), not through the adapter")
         raise EngineNotSupported("a Lifeline destination has nothing to start: resume it if paused")
 
     async def stop(self, channel_id: str) -> None:
