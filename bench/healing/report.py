@@ -1,0 +1,56 @@
+"""The healing scorecard as markdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _s(x: Any) -> str:
+    return "–" if x is None else str(x)
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    rows = r["results"]
+    load = r["load"]
+    out = ["# Lifeline healing scorecard", "",
+           f"Started {r['started_at']} with `python -m bench.healing` ({r['seconds']} s). Whole Lifeline in one "
+           "process (listener, dispatcher, the real worker, the flow monitor every 2 s, the API) on an embedded "
+           "PostgreSQL and the Temporal dev server; python-hl7 MLLP peers; the Mirth/Rhapsody emulators and the "
+           "fake Cloverleaf hcicmd of tests/emulators. The on-call person is simulated: it approves whatever waits "
+           "for approval, one second after it appears, and the table records that it had to.",
+           f"Machine: {load['nproc']} cores shared with other work; load average at start "
+           f"{load['loadavg_at_start']}, at end {load['loadavg_at_end']}.", "",
+           "detect = fault injected → case opened; repair = fixable (injection, or the peer/sender fixed) → case "
+           "resolved; lost = ACKed but never delivered.", "",
+           "| fault | mode | detect (s) | signature (right?) | actions (by) | approval needed | repair (s) | stage "
+           "| lost | notes |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for x in rows:
+        actions = ", ".join(f"{a['action']} {a['outcome']} ({a['by']})" for a in x.get("actions", [])) or "none"
+        approvals = ", ".join(f"{a['action']} ({a['safety']})" for a in x.get("approvals", [])) or "no"
+        notes = list(x.get("notes", []))
+        if x["fault"] == "backlog_surge":
+            notes.append(f"breach at {_s(x.get('breach_s'))} s, forecast lead {_s(x.get('forecast_lead_s'))} s")
+        if x.get("case_runs", 1) != 1:
+            notes.append(f"{x.get('case_runs')} case runs")
+        if x.get("other_cases"):
+            notes.append("also opened: " + ", ".join(c.split(":", 2)[-1] for c in x["other_cases"]))
+        right = "yes" if x["diagnosis_right"] else f"no, expected {x['expected_signature']}"
+        out.append(f"| {x['title']} | {x['mode']} | {_s(x['detect_s'])} | {_s(x['signature'])} ({right}) | "
+                   f"{actions} | {approvals} | {_s(x['repair_s'])} | {_s(x['stage'])} | {x['lost']} | "
+                   f"{'; '.join(notes)} |")
+    by_mode: dict[str, list[dict[str, Any]]] = {}
+    for x in rows:
+        by_mode.setdefault(x["mode"], []).append(x)
+    out += ["", "## Against the targets", ""]
+    for mode, xs in by_mode.items():
+        det = [x["detect_s"] for x in xs if x["detect_s"] is not None]
+        safe = [x for x in xs if x["safe_fix"]]
+        rep = [x["repair_s"] for x in safe if x["repair_s"] is not None]
+        out.append(
+            f"- **{mode}**: detected {len(det)}/{len(xs)}, within 20 s {sum(1 for d in det if d <= 20)}/{len(xs)}; "
+            f"diagnosis right {sum(1 for x in xs if x['diagnosis_right'])}/{len(xs)}; safe-fix faults repaired "
+            f"{len(rep)}/{len(safe)}, within 60 s {sum(1 for v in rep if v <= 60)}/{len(safe)}; destructive "
+            f"actions without approval {sum(x['destructive_without_approval'] for x in xs)}; messages lost "
+            f"{sum(x['lost'] for x in xs)}.")
+    return "\n".join(out) + "\n"
