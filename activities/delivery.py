@@ -20,16 +20,20 @@ from temporalio.exceptions import ApplicationError
 from activities.breaker import new_breakers
 from activities.http import HttpSendError, send_fhir, send_webhook
 from activities.mllp import MllpSender, SendError
+from activities.pipeline import transform
 from activities.store import OUTBOX_CHANNEL
 from infra.config import Destination, LifelineConfig
 from infra.crypto import Cipher
+from infra.live import ConfigSource
 from interop.errors import InteropError
 from interop.message import Message, parse
+from interop.transform import TransformError
 from workflows.contract import (
     ERR_DESTINATION_UNKNOWN,
     ERR_MESSAGE_NOT_FOUND,
     ERR_PERMANENT_REJECT,
     ERR_RENDER_FAILED,
+    ERR_TRANSFORM_FAILED,
     DeadLetterInput,
     DeliverActivityInput,
     DeliverActivityResult,
@@ -43,7 +47,8 @@ from workflows.contract import (
 log = logging.getLogger("lifeline.delivery")
 
 _LOAD = """
-select m.key_id, m.body_enc, m.channel, m.received_at, d.lane, d.status, d.workflow_id, d.peer_answer
+select m.key_id, m.body_enc, m.channel, m.received_at, d.lane, d.status, d.workflow_id, d.peer_answer,
+       d.config_version, d.filter_reason
 from messages m join deliveries d on d.message_id = m.id and d.destination = $2
 where m.id = $1 and m.org_id = $3
 """
@@ -60,6 +65,16 @@ with a as (
     returning lane
 )
 select case when lane is not null then pg_notify($8, '') end from d
+"""
+
+_RECORD_FILTERED = """
+with d as (
+    update deliveries set status = 'filtered', attempts = attempts + 1, finished_at = now(),
+        first_attempt_at = coalesce(first_attempt_at, now()), filter_reason = $3, last_error = null
+    where message_id = $1 and destination = $2
+    returning lane
+)
+select case when lane is not null then pg_notify($4, '') end from d
 """
 
 _RECORD_FAILURE = """
@@ -113,13 +128,24 @@ class DeliveryActivities:
     """Built once per worker with its clients."""
 
     def __init__(self, pool: asyncpg.Pool, store_cipher: Cipher, config: LifelineConfig,
-                 mllp: MllpSender | None = None, http: httpx.AsyncClient | None = None) -> None:
+                 mllp: MllpSender | None = None, http: httpx.AsyncClient | None = None,
+                 source: ConfigSource | None = None) -> None:
         self.pool = pool
         self.cipher = store_cipher
-        self.config = config
+        self._config = config
+        self.source = source  # live configuration; without it the one config given, unversioned
         self.mllp = mllp or MllpSender()
         self.http = http or httpx.AsyncClient()
         self.breakers = new_breakers(pool)
+
+    @property
+    def config(self) -> LifelineConfig:
+        """The current configuration: where destinations are (a fixed address applies to pinned deliveries too)."""
+        return self.source.current if self.source is not None else self._config
+
+    async def _pinned(self, org: str, version: int | None) -> LifelineConfig:
+        """The configuration the delivery was routed with: its steps, tables and render options."""
+        return await self.source.pinned(org, version) if self.source is not None else self._config
 
     @activity.defn(name="deliver")
     async def deliver(self, inp: DeliverActivityInput) -> DeliverActivityResult:
@@ -133,6 +159,9 @@ class DeliveryActivities:
         if row is None:
             raise ApplicationError(f"message {inp.message_id} has no delivery to {inp.destination}",
                                    type=ERR_MESSAGE_NOT_FOUND, non_retryable=True)
+        if row["status"] == "filtered" and row["workflow_id"] == inp.workflow_id:
+            return DeliverActivityResult(attempts=attempt, peer_answer=f"filtered: {row['filter_reason'] or ''}"[:200],
+                                         filtered=True)
         if row["status"] == "delivered" and row["workflow_id"] == inp.workflow_id:
             # A retry of an attempt that was recorded delivered but never reported back (the worker died in
             # between): sending again would repeat the message after its lane has moved on.
@@ -143,6 +172,25 @@ class DeliveryActivities:
         started = time.monotonic()
         try:
             message = await asyncio.to_thread(parse, body)  # CPU work off the worker's event loop
+            pinned = await self._pinned(inp.org_id, row["config_version"])
+            channel = pinned.channel(row["channel"])
+            if channel is not None and any(r.steps for r in channel.routes if r.to == inp.destination):
+                steps = await asyncio.to_thread(transform, pinned, row["channel"], inp.destination, inp.org_id,
+                                                message)
+                if steps.filtered is not None:
+                    reason = f"{steps.filtered_by}: {steps.filtered}"[:1000]
+                    await self.pool.execute(_RECORD_FILTERED, inp.message_id, inp.destination, reason,
+                                            OUTBOX_CHANNEL)
+                    log.info("delivery %s -> %s filtered by %s", inp.message_id, inp.destination, steps.filtered_by)
+                    return DeliverActivityResult(attempts=attempt, peer_answer=f"filtered: {reason}"[:200],
+                                                 filtered=True)
+                message = await asyncio.to_thread(parse, steps.text)
+            # Render options (MSH-5/6 rewrite) are part of the pinned version; the address is the current one's.
+            pinned_dest = pinned.destination(inp.destination)
+            if pinned_dest is not None and pinned_dest.mllp is not None and dest.mllp is not None:
+                dest = dest.model_copy(update={"mllp": dest.mllp.model_copy(update={
+                    "rewrite_receiving_application": pinned_dest.mllp.rewrite_receiving_application,
+                    "rewrite_receiving_facility": pinned_dest.mllp.rewrite_receiving_facility})})
             answer = await _heartbeating(self.breakers.call(dest, lambda: self._send(dest, message, inp)))
         except SendError as exc:
             duration = int((time.monotonic() - started) * 1000)
@@ -158,6 +206,11 @@ class DeliveryActivities:
             delay = getattr(exc, "retry_after", None) if isinstance(exc, HttpSendError) else None
             raise ApplicationError(exc.text, exc.error_class, type=exc.error_class,
                                    next_retry_delay=_delay(delay)) from None
+        except TransformError as exc:
+            await self.pool.execute(_RECORD_FAILURE, inp.message_id, inp.destination, inp.org_id, attempt,
+                                    "permanent", "transform", str(exc)[:1000], None, 0)
+            log.info("delivery %s -> %s: %s failed", inp.message_id, inp.destination, exc.where)
+            raise ApplicationError(str(exc), exc.where, type=ERR_TRANSFORM_FAILED, non_retryable=True) from None
         except InteropError as exc:
             await self.pool.execute(_RECORD_FAILURE, inp.message_id, inp.destination, inp.org_id, attempt,
                                     "permanent", "render", str(exc)[:1000], None, 0)
@@ -229,9 +282,12 @@ class DeliveryActivities:
                         " resolved_by = $3 where id = $1", r["id"], inp.replay_workflow_id, inp.requested_by)
                     await conn.execute(
                         "update deliveries set status = 'started', replay_count = $3, started_at = now(),"
-                        " finished_at = null, workflow_id = $4 where message_id = $1 and destination = $2",
+                        " finished_at = null, workflow_id = $4, config_version = case when $5"
+                        " then coalesce($6, config_version) else config_version end"
+                        " where message_id = $1 and destination = $2",
                         r["message_id"], r["destination"], replay,
-                        replay_delivery_workflow_id(r["message_id"], r["destination"], replay))
+                        replay_delivery_workflow_id(r["message_id"], r["destination"], replay),
+                        inp.with_current_config, self.source.version(inp.org_id) if self.source else None)
                 items.append(ReplayItem(
                     replay_delivery_workflow_id(r["message_id"], r["destination"], replay),
                     delivery_input(dest, r["message_id"], inp.org_id, r["channel"], r["message_type"], replay),

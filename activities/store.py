@@ -157,7 +157,7 @@ class _acquire:  # noqa: N801 - used as a context manager like pool.acquire()
 # -- reads for the API (every query is scoped by org) ---------------------------------------------
 
 _MESSAGE_COLS = ("id, channel, received_at, status, message_type, control_id, version, sending_app,"
-                 " sending_facility, size_bytes, ack_code, source, findings, dispatched_at")
+                 " sending_facility, size_bytes, ack_code, source, findings, dispatched_at, config_version")
 
 
 async def list_messages(pool: asyncpg.Pool, org_id: str, *, channel: str | None = None,
@@ -182,7 +182,8 @@ async def get_message(pool: asyncpg.Pool, org_id: str, message_id: str) -> dict[
         return None
     deliveries = await pool.fetch(
         "select destination, status, lane, attempts, workflow_id, created_at, started_at, first_attempt_at,"
-        " finished_at, latency_ms, last_error, peer_answer, replay_count from deliveries"
+        " finished_at, latency_ms, last_error, peer_answer, replay_count, filter_reason, config_version"
+        " from deliveries"
         " where org_id = $1 and message_id = $2 order by destination", org_id, message_id)
     attempts = await pool.fetch(
         "select destination, attempt, at, outcome, error_class, error, peer_answer, duration_ms"

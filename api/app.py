@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import asyncpg
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from temporalio.client import Client
@@ -27,9 +28,11 @@ from api.routes import (
     remediations,
     sla,
 )
+from api.routes import config as config_routes
 from infra.config import LifelineConfig, get_config
 from infra.crypto import Cipher, EncryptionCodec, data_converter
 from infra.db import create_pool
+from infra.live import ConfigSource
 from infra.settings import Settings, get_settings
 
 log = logging.getLogger("lifeline.api")
@@ -53,7 +56,9 @@ def temporal_connector(settings: Settings, cipher: Cipher) -> Callable[[], Await
     return get
 
 
-def create_app(settings: Settings | None = None, config: LifelineConfig | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, config: LifelineConfig | None = None, *,
+               live: bool = False) -> FastAPI:
+    """live: follow the configuration versions in PostgreSQL (the `lifeline api` process); tests pass a config."""
     settings = settings or get_settings()
     config = config or get_config()
 
@@ -62,9 +67,23 @@ def create_app(settings: Settings | None = None, config: LifelineConfig | None =
         # min_size=0: the API starts even when PostgreSQL is down and /readyz says so.
         app.state.pool = await create_pool(settings.database_url, min_size=0,
                                            max_size=settings.database_pool_max)
+        stop = asyncio.Event()
+        following: asyncio.Task[None] | None = None
+        if live:
+            source = ConfigSource(config, app.state.pool)
+            try:
+                await source.start()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("configuration versions unavailable (%s); following them once PostgreSQL answers",
+                            type(exc).__name__)
+            app.state.source = source
+            following = asyncio.create_task(source.follow(settings.database_url, stop))
         try:
             yield
         finally:
+            stop.set()
+            if following is not None:
+                await following
             await app.state.pool.close()
 
     app = FastAPI(title="Lifeline", version="0.1.0", lifespan=lifespan,
@@ -91,4 +110,5 @@ def create_app(settings: Settings | None = None, config: LifelineConfig | None =
     app.include_router(metrics.router)
     app.include_router(sla.router)
     app.include_router(audit_routes.router)
+    app.include_router(config_routes.router)
     return app

@@ -34,7 +34,9 @@ def get_pool(request: Request) -> asyncpg.Pool:
 
 
 def get_config(request: Request) -> LifelineConfig:
-    config: LifelineConfig = request.app.state.config
+    """The current configuration: the live version when the API follows PostgreSQL, else the one it was given."""
+    source = getattr(request.app.state, "source", None)
+    config: LifelineConfig = source.current if source is not None else request.app.state.config
     return config
 
 

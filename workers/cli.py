@@ -103,7 +103,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from api.app import create_app
 
     settings = _settings(args)
-    app = create_app(settings, _config(settings))
+    app = create_app(settings, _config(settings), live=True)
     uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port,
                 log_level=settings.log_level.lower(), access_log=False)
     return 0
@@ -172,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> dict[str, tuple[Callable[[argparse.Namespace], int], str,
                                           Callable[[argparse.ArgumentParser], None]]]:
     """Commands contributed by other modules (send, demo, ...)."""
-    from workers import tools
+    from workers import config_cli, tools
 
+    del config_cli  # imported for its commands: dry-run and config
     return tools.COMMANDS
 
 

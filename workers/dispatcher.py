@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import hashlib
 import hmac
 import logging
@@ -27,10 +26,12 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.delivery import delivery_input
+from activities.pipeline import when_holds
 from activities.store import OUTBOX_CHANNEL
 from infra.config import Channel, Destination, LifelineConfig
 from infra.crypto import Cipher
 from infra.db import create_pool
+from infra.live import ConfigSource, start_source
 from infra.settings import Settings
 from interop.errors import InteropError
 from interop.message import Message, parse
@@ -54,27 +55,12 @@ K_STATUS = SearchAttributeKey.for_keyword(SA_STATUS)
 PASS_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *TRANSIENT)
 
 
-def _matches(patterns: list[str] | None, value: str) -> bool:
-    return patterns is None or any(fnmatch.fnmatchcase(value, p) for p in patterns)
-
-
 def route(channel: Channel, message_type: str, sending_app: str, sending_facility: str,
           message: Message | None) -> list[str]:
     """Destinations a message goes to under the channel's rules (each destination once, in rule order)."""
     out: list[str] = []
     for r in channel.routes:
-        w = r.when
-        if not (_matches(w.message_type, message_type) and _matches(w.sending_application, sending_app)
-                and _matches(w.sending_facility, sending_facility)):
-            continue
-        if w.fields:
-            if message is None:
-                continue
-            ok = all(message.get(path) in ([want] if isinstance(want, str) else want)
-                     for path, want in w.fields.items())
-            if not ok:
-                continue
-        if r.to not in out:
+        if r.to not in out and when_holds(r.when, message_type, sending_app, sending_facility, message):
             out.append(r.to)
     return out
 
@@ -125,6 +111,7 @@ class Dispatcher:
     task_queue: str
     batch: int = 500
     lane_key: bytes = b""  # empty: derived from the store key (Settings.lane_hmac_key gives the configured one)
+    source: ConfigSource | None = None  # live configuration: route with its newest version, record the number
 
     def __post_init__(self) -> None:
         if not self.lane_key:
@@ -147,6 +134,9 @@ class Dispatcher:
         return routed, started
 
     async def route_batch(self) -> int:
+        if self.source is not None:
+            self.config = self.source.current
+        versions = self.source.versions if self.source is not None else {}
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "select id, seq, org_id, channel, message_type, sending_app, sending_facility, key_id, body_enc"
@@ -160,7 +150,9 @@ class Dispatcher:
             d_seq: list[int] = []
             d_lane: list[str | None] = []
             d_wf: list[str] = []
+            d_ver: list[int | None] = []
             routed_ids: list[str] = []
+            routed_versions: list[int | None] = []
             unrouted_ids: list[str] = []
             for row in rows:
                 channel = self.config.channel(row["channel"])
@@ -171,6 +163,7 @@ class Dispatcher:
                     unrouted_ids.append(row["id"])
                     continue
                 routed_ids.append(row["id"])
+                routed_versions.append(versions.get(row["org_id"]))
                 for name in dests:
                     dest = self.config.destination(name)
                     if dest is None:
@@ -181,14 +174,17 @@ class Dispatcher:
                     d_seq.append(row["seq"])
                     d_lane.append(lane_of(dest, message, self.lane_key))
                     d_wf.append(delivery_workflow_id(row["id"], name))
+                    d_ver.append(versions.get(row["org_id"]))
             if d_msg:
                 await conn.execute(
-                    "insert into deliveries (message_id, destination, org_id, seq, lane, workflow_id)"
-                    " select * from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])"
-                    " on conflict do nothing", d_msg, d_dest, d_org, d_seq, d_lane, d_wf)
+                    "insert into deliveries (message_id, destination, org_id, seq, lane, workflow_id, config_version)"
+                    " select * from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],"
+                    " $7::int[]) on conflict do nothing", d_msg, d_dest, d_org, d_seq, d_lane, d_wf, d_ver)
             if routed_ids:
-                await conn.execute("update messages set status = 'routed', dispatched_at = now()"
-                                   " where id = any($1::text[])", routed_ids)
+                await conn.execute("update messages m set status = 'routed', dispatched_at = now(),"
+                                   " config_version = u.v from unnest($1::text[], $2::int[]) as u(id, v)"
+                                   " where m.id = u.id",
+                                   routed_ids, routed_versions)
             if unrouted_ids:
                 await conn.execute("update messages set status = 'unrouted', dispatched_at = now()"
                                    " where id = any($1::text[])", unrouted_ids)
@@ -291,11 +287,14 @@ async def run_dispatcher(settings: Settings, config: LifelineConfig) -> None:
     pool = await until_up("PostgreSQL", lambda: create_pool(settings.database_url, min_size=1, max_size=4))
     client = await until_up("Temporal", lambda: connect_temporal(settings))
     cipher = settings.cipher("store")
-    dispatcher = Dispatcher(pool, client, config, cipher, settings.task_queue, lane_key=settings.lane_hmac_key())
     stop = asyncio.Event()
+    source, following = await start_source(config, pool, settings.database_url, stop)
+    dispatcher = Dispatcher(pool, client, source.current, cipher, settings.task_queue,
+                            lane_key=settings.lane_hmac_key(), source=source)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("dispatcher started (sweep every %.1fs)", settings.dispatcher_sweep_seconds)
     await dispatcher.run(settings.database_url, settings.dispatcher_sweep_seconds, stop)
+    await following
     await pool.close()

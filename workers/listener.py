@@ -15,6 +15,7 @@ from activities.store import DEFAULT_LIMITS, accept
 from infra.config import Channel, LifelineConfig
 from infra.crypto import Cipher
 from infra.db import create_pool
+from infra.live import start_source
 from infra.production import plaintext_channels
 from infra.settings import Settings
 from interop.ack import build_nak_for_unparseable
@@ -125,28 +126,74 @@ class ChannelListener:
                 await asyncio.wait_for(self.server.wait_closed(), 5)
 
 
+def _binding(channel: Channel) -> tuple[object, ...]:
+    assert channel.mllp is not None
+    return channel.mllp.host, channel.mllp.port, channel.mllp.tls
+
+
+@dataclass
+class ListenerSet:
+    """The MLLP servers of every channel in the current configuration version: a new channel's port opens, a
+    removed one closes, a changed host/port/TLS re-binds; any other change (routes, validation, limits) applies
+    to the next message without touching the socket, so unchanged channels never refuse a connection."""
+
+    pool: asyncpg.Pool
+    cipher: Cipher
+    only: list[str] | None = None
+    limits: Limits = DEFAULT_LIMITS
+    listeners: dict[str, ChannelListener] = field(default_factory=dict)
+
+    async def apply(self, config: LifelineConfig) -> None:
+        wanted = {c.name: c for c in config.channels if c.mllp and (not self.only or c.name in self.only)}
+        for name in [n for n in self.listeners if n not in wanted]:
+            await self.listeners.pop(name).close()
+            log.info("channel %s removed; its port is closed", name)
+        for name, channel in wanted.items():
+            current = self.listeners.get(name)
+            if current is not None and _binding(current.channel) == _binding(channel):
+                current.channel = channel
+                continue
+            if current is not None:
+                await self.listeners.pop(name).close()
+            lst = ChannelListener(channel, self.pool, self.cipher, self.limits)
+            try:
+                await lst.start()
+            except OSError as exc:
+                assert channel.mllp is not None
+                log.error("channel %s cannot listen on %s:%d: %s", name, channel.mllp.host, channel.mllp.port,
+                          exc.strerror or exc)
+                continue
+            self.listeners[name] = lst
+            assert channel.mllp is not None
+            log.info("channel %s listening on %s:%d%s", name, channel.mllp.host, lst.port,
+                     " (TLS)" if channel.mllp.tls else "")
+
+    async def close(self) -> None:
+        for lst in self.listeners.values():
+            await lst.close()
+        self.listeners.clear()
+
+
 async def run_listeners(settings: Settings, config: LifelineConfig, only: list[str] | None = None) -> None:
-    channels = [c for c in config.channels if c.mllp and (not only or c.name in only)]
-    if not channels:
-        log.warning("no MLLP channel configured; listener idle")
-    # min_size=0: the listener listens (and answers AE "not stored; resend") even while PostgreSQL is down.
+    # min_size=0: the listener listens (and answers AE "not stored; resend") even while PostgreSQL is down; the
+    # file's channels serve until the stored configuration versions can be read.
     pool = await create_pool(settings.database_url, min_size=0, max_size=settings.database_pool_max)
     cipher = settings.cipher("store")
+    stop = asyncio.Event()
+    source, following = await start_source(config, pool, settings.database_url, stop)
     if settings.environment == "production":
-        for name in plaintext_channels(config):
+        for name in plaintext_channels(source.current):
             log.warning("channel %s: MLLP listener is plaintext (tls: off) in production: messages and ACKs cross "
                         "the network unencrypted", name)
-    listeners = [ChannelListener(c, pool, cipher, settings.message_limits()) for c in channels]
-    for lst in listeners:
-        await lst.start()
-        assert lst.channel.mllp is not None
-        log.info("channel %s listening on %s:%d%s", lst.channel.name, lst.channel.mllp.host, lst.port,
-                 " (TLS)" if lst.channel.mllp.tls else "")
-    stop = asyncio.Event()
+    listeners = ListenerSet(pool, cipher, only, settings.message_limits())
+    await listeners.apply(source.current)
+    if not listeners.listeners:
+        log.warning("no MLLP channel configured; listener idle")
+    source.subscribe(listeners.apply)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    for lst in listeners:
-        await lst.close()
+    await following
+    await listeners.close()
     await pool.close()

@@ -24,6 +24,7 @@ from activities.sla import SlaActivities
 from infra.config import LifelineConfig
 from infra.crypto import data_converter
 from infra.db import create_pool
+from infra.live import ConfigSource, start_source
 from infra.settings import Settings
 from workers.monitor import ensure_schedule
 from workers.reconnect import until_up
@@ -68,6 +69,16 @@ def engine_adapters(config: LifelineConfig, **deps: Any) -> dict[str, EngineAdap
     return adapters
 
 
+def follow_config(source: ConfigSource, *holders: Any) -> None:
+    """Monitor, SLA and remediation read the current version too: swap their `config` on every change."""
+    def swap(config: LifelineConfig) -> None:
+        for holder in holders:
+            if hasattr(holder, "config"):
+                holder.config = config
+
+    source.subscribe(swap)
+
+
 async def connect_temporal(settings: Settings) -> Client:
     cipher = settings.cipher("codec")
     return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
@@ -92,9 +103,12 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
                                                             max_size=settings.database_pool_max))
     client = await until_up("Temporal", lambda: connect_temporal(settings))
     store_cipher = settings.cipher("store")
+    stop = asyncio.Event()
+    source, following = await start_source(config, pool, settings.database_url, stop)
+    config = source.current
     async with httpx.AsyncClient() as http:
         mllp = MllpSender()
-        delivery = DeliveryActivities(pool, store_cipher, config, mllp, http)
+        delivery = DeliveryActivities(pool, store_cipher, config, mllp, http, source=source)
         adapters = engine_adapters(config, http=http, pool=pool)
 
         async def client_provider() -> Client:
@@ -106,12 +120,13 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
         remediation = RemediationActivities(pool, client_provider, config, adapters, http, settings.task_queue,
                                             notifier)
         metrics = MetricsActivities(pool, config, adapters)
+        worker_sla = SlaActivities(pool, config, client, settings.task_queue, http, notifier)
         worker = build_worker(client, settings.task_queue, delivery, diagnostics=diagnostics,
                               remediation=remediation, metrics=metrics,
                               cases=CaseActivities(client, settings.task_queue),
-                              sla=SlaActivities(pool, config, client, settings.task_queue, http, notifier))
+                              sla=worker_sla)
         await until_up("Temporal", lambda: ensure_schedule(client, settings, config))
-        stop = asyncio.Event()
+        follow_config(source, diagnostics, remediation, metrics, worker_sla)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -121,4 +136,5 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
         await mllp.close()
         for adapter in adapters.values():
             await adapter.close()
+    await following
     await pool.close()

@@ -31,6 +31,7 @@ ERR_PERMANENT_REJECT = "PermanentReject"  # AR/CR from an MLLP peer, 4xx from FH
 ERR_MESSAGE_NOT_FOUND = "MessageNotFound"
 ERR_RENDER_FAILED = "RenderFailed"  # the message cannot be rendered for the destination (FHIR mapping)
 ERR_DESTINATION_UNKNOWN = "DestinationUnknown"
+ERR_TRANSFORM_FAILED = "TransformFailed"  # a route's transform step or plugin failed (the detail names the step)
 ERR_DELIVERY_FAILED = "DeliveryFailed"  # the workflow's own terminal failure (dead-lettered)
 NON_RETRYABLE_SEND_ERRORS = [ERR_PERMANENT_REJECT, ERR_MESSAGE_NOT_FOUND, ERR_RENDER_FAILED,
                              ERR_DESTINATION_UNKNOWN]
@@ -91,6 +92,7 @@ class DeliverActivityResult:
     attempts: int
     peer_answer: str = ""
     latency_ms: int = 0
+    filtered: bool = False  # a route filter stopped it: recorded as 'filtered', nothing sent
 
 
 @dataclass
@@ -106,7 +108,7 @@ class DeadLetterInput:
 class DeliveryStatus:
     message_id: str
     destination: str
-    state: str = "delivering"  # delivering | delivered | dead_lettered
+    state: str = "delivering"  # delivering | delivered | filtered | dead_lettered
     error: str = ""
     attempts: int = 0
 
@@ -116,6 +118,7 @@ class ReplayInput:
     org_id: str
     dead_letter_ids: list[int] = field(default_factory=list)
     requested_by: str = ""
+    with_current_config: bool = False  # render with today's configuration instead of the pinned version
 
 
 @dataclass
@@ -124,6 +127,7 @@ class PrepareReplayInput:
     dead_letter_ids: list[int]
     replay_workflow_id: str
     requested_by: str = ""
+    with_current_config: bool = False
 
 
 @dataclass

@@ -76,6 +76,6 @@ class DeliveryWorkflow:
             workflow.upsert_search_attributes([STATUS_KEY.value_set("dead_lettered")])
             raise ApplicationError(f"dead-lettered after delivery failure ({error_type}): {reason}",
                                    type=ERR_DELIVERY_FAILED, non_retryable=True) from None
-        status.state, status.attempts = "delivered", result.attempts
-        workflow.upsert_search_attributes([STATUS_KEY.value_set("delivered")])
+        status.state, status.attempts = ("filtered" if result.filtered else "delivered"), result.attempts
+        workflow.upsert_search_attributes([STATUS_KEY.value_set(status.state)])
         return status

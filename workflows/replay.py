@@ -42,7 +42,8 @@ class ReplayWorkflow:
     async def run(self, inp: ReplayInput) -> ReplayProgress:
         prepared = await workflow.execute_activity(
             "prepare_replay",
-            PrepareReplayInput(inp.org_id, inp.dead_letter_ids, workflow.info().workflow_id, inp.requested_by),
+            PrepareReplayInput(inp.org_id, inp.dead_letter_ids, workflow.info().workflow_id, inp.requested_by,
+                               inp.with_current_config),
             start_to_close_timeout=timedelta(seconds=60), retry_policy=STORE_RETRY,
             result_type=PrepareReplayResult,
         )

@@ -31,6 +31,7 @@ class ReplayRequest(BaseModel):
     ids: list[int] | None = Field(default=None, min_length=1, max_length=MAX_REPLAY)
     filter: ReplayFilter | None = None
     reason: str = Field(default="", max_length=500)
+    with_current_config: bool = False  # re-render with the current configuration version, not the pinned one
 
     @model_validator(mode="after")
     def _one(self) -> ReplayRequest:
@@ -66,13 +67,15 @@ async def replay(body: ReplayRequest, request: Request, pool: PoolDep, client: T
         raise Problem(404, "no open dead letter matches", field="ids" if body.ids is not None else "filter")
     wf_id = replay_workflow_id(f"{user.org}:{','.join(map(str, ids))}")
     try:
-        await client.start_workflow("ReplayWorkflow", ReplayInput(user.org, ids, user.subject), id=wf_id,
+        await client.start_workflow("ReplayWorkflow",
+                                    ReplayInput(user.org, ids, user.subject, body.with_current_config), id=wf_id,
                                     task_queue=settings.task_queue,
                                     static_summary=f"replay of {len(ids)} dead letter(s)")
     except WorkflowAlreadyStartedError:
         pass  # the same selection submitted twice while its replay has not prepared yet: one replay serves both
     await audit(pool, org_id=user.org, actor=user.subject, role=",".join(user.roles), action="dead_letters.replay",
-                subject=wf_id, detail={"ids": ids, "reason": body.reason},
+                subject=wf_id, detail={"ids": ids, "reason": body.reason,
+                                       "with_current_config": body.with_current_config},
                 remote_addr=request.client.host if request.client else None)
     return {"workflow_id": wf_id, "count": len(ids), "ids": ids}
 

@@ -24,6 +24,7 @@ from activities.delivery import DeliveryActivities
 from activities.mllp import MllpSender
 from infra.config import LifelineConfig, validate_config
 from infra.crypto import Cipher
+from infra.live import ConfigSource
 from workers.dispatcher import Dispatcher
 from workers.listener import ChannelListener
 from workers.worker import build_worker
@@ -103,6 +104,7 @@ class Engine:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _http: httpx.AsyncClient | None = None
     _mllp: MllpSender | None = None
+    source: ConfigSource | None = None  # live configuration (versions in PostgreSQL); None: `config` as given
 
     @property
     def mllp_port(self) -> int:
@@ -112,7 +114,8 @@ class Engine:
     async def start(self, *, worker: bool = True) -> Engine:
         self.listener = ChannelListener(self.config.channels[0], self.pool, self.store_cipher)
         await self.listener.start("127.0.0.1", 0)
-        self.dispatcher = Dispatcher(self.pool, self.client, self.config, self.store_cipher, self.task_queue)
+        self.dispatcher = Dispatcher(self.pool, self.client, self.config, self.store_cipher, self.task_queue,
+                                     source=self.source)
         self._tasks.append(asyncio.create_task(self.dispatcher.run(self.db_url, 0.5, self._stop)))
         if worker:
             await self.start_worker()
@@ -121,7 +124,8 @@ class Engine:
     async def start_worker(self) -> None:
         self._http = httpx.AsyncClient()
         self._mllp = MllpSender()
-        acts = DeliveryActivities(self.pool, self.store_cipher, self.config, self._mllp, self._http)
+        acts = DeliveryActivities(self.pool, self.store_cipher, self.config, self._mllp, self._http,
+                                  source=self.source)
         self.worker = build_worker(self.client, self.task_queue, acts)
         self._tasks.append(asyncio.create_task(self.worker.run()))
 
