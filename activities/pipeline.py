@@ -51,7 +51,7 @@ def transform(config: LifelineConfig, channel: str, destination: str, org: str, 
 
 
 def render(dest: Destination, message: Message, message_id: str = "") -> str:
-    """What the destination receives, as text: ER7 for MLLP, the FHIR bundle or the webhook payload as JSON."""
+    """What the destination receives, as text: ER7 for MLLP and files, the FHIR bundle or webhook payload as JSON."""
     if dest.mllp is not None:
         from activities.delivery import render_er7
 
@@ -60,6 +60,8 @@ def render(dest: Destination, message: Message, message_id: str = "") -> str:
         from interop.fhir import to_fhir_bundle
 
         return json.dumps(to_fhir_bundle(message).bundle, indent=1)
+    if dest.webhook is None:
+        return message.to_er7()
     payload = {"message_id": message_id, "destination": dest.name, "message_type": message.message_type,
                "control_id": message.control_id, "version": message.version, "hl7": message.to_er7()}
     return json.dumps(payload, indent=1)

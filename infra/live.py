@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, get_origin
 
 import asyncpg
 
@@ -24,8 +24,10 @@ from infra.store import config as store
 log = logging.getLogger("lifeline.config")
 
 Subscriber = Callable[[LifelineConfig], Awaitable[None] | None]
-_PER_ORG = ("channels", "destinations", "engines", "sla", "tables")
-_SHARED = ("remediation", "monitor")  # process-wide sections: the default org's version decides
+# Top-level lists (channels, destinations, engines, sla, tables, ...) hold per-org items; the other sections
+# (remediation, monitor) are process-wide: the default org's version decides them.
+_PER_ORG = tuple(n for n, f in LifelineConfig.model_fields.items() if get_origin(f.annotation) is list)
+_SHARED = tuple(n for n in LifelineConfig.model_fields if n not in _PER_ORG)
 
 
 def dump(config: LifelineConfig) -> dict[str, Any]:
