@@ -66,3 +66,52 @@ def test_json_form_round_trips() -> None:
         dumped = config.model_dump(mode="json", by_alias=True, exclude_defaults=True)
         assert validate_config(dumped, "again") == config
         assert isinstance(LifelineConfig.model_validate(dumped), LifelineConfig)
+
+
+def test_readme_step_examples_are_valid_and_do_what_they_say(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's step block, copied as an analyst would (with the plugin installed and the CSV beside it)."""
+    import re
+    from importlib import metadata
+
+    import yaml
+
+    from activities.pipeline import plan
+    from interop.message import parse
+    from interop.transform import plugins
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Transforms, filters and code tables", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    data = yaml.safe_load(block.group(1))
+    data["destinations"] = [{"name": "lab", "mllp": {"host": "127.0.0.1", "port": 2600}}]
+    (tmp_path / "units.csv").write_text("from,to\nICU,INTENSIVE\n")
+    eps = metadata.EntryPoints([metadata.EntryPoint("normalise-mrn", "tests.transform.test_config_steps:pad_mrn",
+                                                    plugins.GROUP)])
+    monkeypatch.setattr(plugins, "entry_points", lambda **kw: eps if kw.get("group") == plugins.GROUP
+                        else metadata.entry_points(**kw))
+    plugins.forget_plugins()
+    try:
+        config = validate_config(data, str(tmp_path / "lifeline.yaml"))
+        assert config.tables_for("default")["units"] == {"ICU": "INTENSIVE"}
+        sample = "\r".join([
+            "MSH|^~\\&|EPIC|GENHOSP|LAB|LABFAC|20260101120000||ADT^A01|C9|P|2.5.1",
+            "PID|1||MRN1^^^GENHOSP^MR~X2^^^O^PI||DOE^JANE||19800101|F|||||||||||123-45-6789",
+            "NK1|1|DOE^JOHN", "PV1|1|I|4W^12^1||||A1,B2",
+            "OBX|1|NM|HR||72", "OBX|2|ST|NOTE||ok", "ZPI|x"])
+        (lab,) = plan(config, config.channels[0], parse(sample))
+        assert lab.error is None and lab.filtered is None, lab.error
+        out = parse(lab.output or "")
+        assert out.get("PV1-3.1") == "WARD-4-WEST" and out.get("MSH-5") == "LIS" and out.get("MSH-6") == "MAIN-LAB"
+        assert out.get("PID-5.1") == "DOE-MRN1" and out.get("PID-2") == "MRN1" and out.get("PID-19") == ""
+        assert not out.all("NK1") and not out.all("ZPI")
+        assert out.get("PID-3") == "0000MRN1^^^GENHOSP^MR"  # PID-3[2] deleted, the plugin padded the MRN
+        assert out.get("OBX[1]-11") == "F" and out.get("OBX[2]-11") == ""
+        outpatient = plan(config, config.channels[0], parse(sample.replace("PV1|1|I|", "PV1|1|O|")))[0]
+        assert outpatient.filtered == "outpatients are not sent to the lab"
+    finally:
+        plugins.forget_plugins()
+
+
+def pad_mrn(message: Any, options: dict[str, Any]) -> None:
+    message.set("PID-3[1].1", message.get("PID-3[1].1").rjust(options["width"], "0"))
