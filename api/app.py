@@ -6,10 +6,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.client import Client
 
 from api import problems
@@ -56,6 +58,21 @@ def temporal_connector(settings: Settings, cipher: Cipher) -> Callable[[], Await
     return get
 
 
+class PathCors:
+    """CORS for the configured origins (the Temporal Web UI); credentials (the session cookie) only on /api/codec,
+    the one thing the Web UI calls with it."""
+
+    def __init__(self, app: ASGIApp, origins: list[str]) -> None:
+        common: dict[str, Any] = {"allow_origins": origins, "allow_methods": ["*"], "allow_headers": ["*"]}
+        self.with_credentials = CORSMiddleware(app, allow_credentials=True, **common)
+        self.without = CORSMiddleware(app, allow_credentials=False, **common)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        target = self.with_credentials if path.startswith("/api/codec/") else self.without
+        await target(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, config: LifelineConfig | None = None, *,
                live: bool = False) -> FastAPI:
     """live: follow the configuration versions in PostgreSQL (the `lifeline api` process); tests pass a config."""
@@ -94,8 +111,7 @@ def create_app(settings: Settings | None = None, config: LifelineConfig | None =
     app.state.codec = EncryptionCodec(app.state.cipher)
     app.state.store_cipher = settings.cipher("store")
     app.state.temporal = temporal_connector(settings, app.state.cipher)
-    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
-                       allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(PathCors, origins=settings.cors_origins)
     problems.install(app)
     app.include_router(health.router)
     app.include_router(codec.router)

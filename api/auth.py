@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ GRANTS: dict[str, frozenset[str]] = {
     "sender": frozenset({"sender"}),
 }
 PHI_READERS = frozenset({"admin", "operator"})
+# No token lives longer than this, whatever its exp says (a stolen long-lived token is the worst kind).
+MAX_TOKEN_TTL_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class Principal:
     subject: str
     org: str
     roles: tuple[str, ...]
+    jti: str | None = None  # the token's id, for revocation (API keys and old tokens have none)
+    expires_at: int | None = None
 
     def satisfies(self, role: str) -> bool:
         return any(role in GRANTS.get(r, frozenset()) for r in self.roles)
@@ -47,9 +52,11 @@ def mint_token(secret: str, *, subject: str, org: str, roles: list[str] | tuple[
     unknown = [r for r in roles if r not in ROLES]
     if unknown:
         raise ValueError(f"unknown role(s) {unknown}; roles are {', '.join(ROLES)}")
+    if ttl_seconds > MAX_TOKEN_TTL_SECONDS:
+        raise ValueError(f"a token lives at most {MAX_TOKEN_TTL_SECONDS // 3600} hours")
     now = int(time.time())
     claims: dict[str, Any] = {"sub": subject, "org": org, "roles": list(roles), "iss": issuer,
-                              "iat": now, "exp": now + ttl_seconds}
+                              "iat": now, "exp": now + ttl_seconds, "jti": uuid.uuid4().hex}
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -63,7 +70,11 @@ def verify_token(secret: str, token: str, issuer: str = "lifeline") -> Principal
     org = claims.get("org")
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles) or not isinstance(org, str):
         raise AuthError("invalid token: roles and org claims are required")
-    return Principal(str(claims["sub"]), org, tuple(roles))
+    exp, iat = claims["exp"], claims.get("iat")
+    if not isinstance(iat, int) or not isinstance(exp, int) or exp - iat > MAX_TOKEN_TTL_SECONDS:
+        raise AuthError(f"invalid token: lifetime over the maximum of {MAX_TOKEN_TTL_SECONDS // 3600} hours")
+    jti = claims.get("jti")
+    return Principal(str(claims["sub"]), org, tuple(roles), jti=str(jti) if jti else None, expires_at=exp)
 
 
 def new_api_key() -> str:
@@ -72,3 +83,12 @@ def new_api_key() -> str:
 
 def hash_api_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
+
+
+def approval_token(request: Any, user: Principal) -> str:
+    """The API's own credential for a REST approval: a short-lived token for the caller, which the workflow verifies
+    like any other (the caller already passed the route's oncall guard)."""
+    settings = request.app.state.settings
+    roles = [r for r in user.roles if r in ROLES]
+    return mint_token(settings.jwt_secret.get_secret_value(), subject=user.subject, org=user.org, roles=roles,
+                      ttl_seconds=3600, issuer=settings.jwt_issuer)

@@ -60,10 +60,11 @@ async def current_principal(
     unauthorized = {"WWW-Authenticate": "Bearer"}
     if bearer is not None:
         try:
-            return verify_token(settings.jwt_secret.get_secret_value(), bearer.credentials,
-                                settings.jwt_issuer)
+            principal = verify_token(settings.jwt_secret.get_secret_value(), bearer.credentials,
+                                     settings.jwt_issuer)
         except AuthError as exc:
             raise Problem(401, str(exc), headers=unauthorized) from None
+        return await not_revoked(request, principal)
     if api_key:
         pool: asyncpg.Pool = request.app.state.pool
         row = await pool.fetchrow(
@@ -80,11 +81,27 @@ async def current_principal(
                 and not codec_from_web_ui(request, settings):
             raise Problem(403, "the session cookie is not accepted on a cross-origin request")
         try:
-            return verify_token(settings.jwt_secret.get_secret_value(), cookie, settings.jwt_issuer)
+            principal = verify_token(settings.jwt_secret.get_secret_value(), cookie, settings.jwt_issuer)
         except AuthError as exc:
             raise Problem(401, f"session: {exc}", headers=unauthorized) from None
+        return await not_revoked(request, principal)
     raise Problem(401, "authentication required: send 'Authorization: Bearer <token>' or 'X-API-Key'",
                   headers=unauthorized)
+
+
+async def not_revoked(request: Request, principal: Principal) -> Principal:
+    """The principal, unless its token was revoked (`lifeline token revoke`, logout); checked per request, cached."""
+    if principal.jti is None:
+        return principal
+    from infra.store.tokens import is_revoked
+
+    try:
+        revoked = await is_revoked(request.app.state.pool, principal.jti, cached=True)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        raise Problem(503, "cannot check token revocation: the store is unavailable") from None
+    if revoked:
+        raise Problem(401, "token revoked", headers={"WWW-Authenticate": "Bearer"})
+    return principal
 
 
 CurrentUser = Annotated[Principal, Depends(current_principal)]

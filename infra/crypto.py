@@ -17,6 +17,7 @@ from temporalio.converter import (
 )
 
 ENCRYPTED_ENCODING = b"binary/encrypted"
+REFUSED_ENCODING = b"binary/unencrypted-refused"
 KEY_ID_METADATA = "encryption-key-id"
 _NONCE = 12
 
@@ -49,8 +50,11 @@ class Cipher:
 class EncryptionCodec(PayloadCodec):
     """Temporal payload codec: the whole serialized payload is encrypted, the key id travels in metadata."""
 
-    def __init__(self, cipher: Cipher) -> None:
+    def __init__(self, cipher: Cipher, *, refuse_plain: bool = False) -> None:
         self.cipher = cipher
+        # Workers refuse unencrypted payloads: one becomes a payload no converter reads, so a signal sent around
+        # the codec is dropped (the SDK logs "dropping the signal") instead of reaching the workflow.
+        self.refuse_plain = refuse_plain
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [
@@ -65,7 +69,7 @@ class EncryptionCodec(PayloadCodec):
         out: list[Payload] = []
         for p in payloads:
             if p.metadata.get("encoding", b"") != ENCRYPTED_ENCODING:
-                out.append(p)
+                out.append(Payload(metadata={"encoding": REFUSED_ENCODING}) if self.refuse_plain else p)
                 continue
             key_id = p.metadata.get(KEY_ID_METADATA, b"").decode()
             decoded = Payload()
@@ -74,11 +78,11 @@ class EncryptionCodec(PayloadCodec):
         return out
 
 
-def data_converter(cipher: Cipher) -> DataConverter:
+def data_converter(cipher: Cipher, *, refuse_plain: bool = False) -> DataConverter:
     """Payloads and failure messages/stack traces both go through the codec."""
     return dataclasses.replace(
         DataConverter.default,
-        payload_codec=EncryptionCodec(cipher),
+        payload_codec=EncryptionCodec(cipher, refuse_plain=refuse_plain),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
 

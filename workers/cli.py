@@ -118,8 +118,53 @@ def cmd_token(args: argparse.Namespace) -> int:
         from workers.up import load_or_create_secrets
 
         secret = load_or_create_secrets(settings.data_dir.resolve())["LIFELINE_JWT_SECRET"]
-    print(mint_token(secret, subject=args.subject, org=args.org, roles=args.role,
-                     ttl_seconds=int(args.ttl_hours * 3600)))
+    if args.action == "revoke":
+        return _revoke(settings, secret, args)
+    if args.action is not None or not args.role:
+        print("usage: lifeline token --role ROLE [--org ORG] [--subject S] [--ttl-hours H] | "
+              "lifeline token revoke TOKEN", file=sys.stderr)
+        return 2
+    try:
+        token = mint_token(secret, subject=args.subject, org=args.org, roles=args.role,
+                           ttl_seconds=int(args.ttl_hours * 3600), issuer=settings.jwt_issuer)
+    except ValueError as exc:
+        print(f"lifeline: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def _revoke(settings: Settings, secret: str, args: argparse.Namespace) -> int:
+    """Revoke a token (every API process refuses it within seconds, approvals carrying it are refused)."""
+    import jwt as pyjwt
+
+    from activities.store import audit
+    from infra.db import create_pool
+    from infra.store.tokens import revoke
+
+    if not args.value:
+        print("usage: lifeline token revoke TOKEN", file=sys.stderr)
+        return 2
+    try:
+        # Expired tokens need no revocation, but revoking one is harmless; the signature must be ours.
+        claims = pyjwt.decode(args.value, secret, algorithms=["HS256"], issuer=settings.jwt_issuer,
+                              options={"verify_exp": False, "require": ["sub", "exp", "jti"]})
+    except pyjwt.PyJWTError as exc:
+        print(f"lifeline: not a Lifeline token: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+        try:
+            await revoke(pool, jti=str(claims["jti"]), org_id=str(claims.get("org", "default")),
+                         revoked_by=args.subject, expires_at=int(claims["exp"]), reason="lifeline token revoke")
+            await audit(pool, org_id=str(claims.get("org", "default")), actor=args.subject, action="token.revoke",
+                        subject=str(claims["jti"]), detail={"token_subject": str(claims["sub"])})
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+    print(f"revoked token {claims['jti']} of {claims['sub']}")
     return 0
 
 
@@ -156,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host")
     api.add_argument("--port", type=int)
     add("migrate", cmd_migrate, "apply pending database migrations")
-    tok = add("token", cmd_token, "mint a bearer token (development and automation)")
-    tok.add_argument("--role", action="append", required=True,
+    tok = add("token", cmd_token, "mint a bearer token (--role ...), or revoke one (token revoke TOKEN)")
+    tok.add_argument("action", nargs="?", choices=["revoke"], help="revoke the TOKEN given next")
+    tok.add_argument("value", nargs="?", metavar="TOKEN")
+    tok.add_argument("--role", action="append",
                      choices=["admin", "operator", "oncall", "auditor", "viewer", "sender"])
     tok.add_argument("--org", default="default")
     tok.add_argument("--subject", default="cli")

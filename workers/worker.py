@@ -12,6 +12,7 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.approvals import ApprovalActivities
 from activities.delivery import DeliveryActivities
 from activities.diagnostics import DiagnosticsActivities
 from activities.engines import build_adapter
@@ -42,8 +43,11 @@ WORKFLOWS: Sequence[type] = (DeliveryWorkflow, ReplayWorkflow, RemediationCaseWo
 
 def activities_for(delivery: DeliveryActivities, diagnostics: DiagnosticsActivities | None = None,
                    remediation: RemediationActivities | None = None, metrics: MetricsActivities | None = None,
-                   cases: CaseActivities | None = None, sla: SlaActivities | None = None) -> list[Any]:
+                   cases: CaseActivities | None = None, sla: SlaActivities | None = None,
+                   approvals: ApprovalActivities | None = None) -> list[Any]:
     acts: list[Any] = [delivery.deliver, delivery.dead_letter, delivery.prepare_replay]
+    if approvals is not None:
+        acts.append(approvals.verify_approval)
     if diagnostics is not None:
         acts += [diagnostics.diagnose, diagnostics.record_case, diagnostics.record_resolution]
     if remediation is not None:
@@ -79,10 +83,11 @@ def follow_config(source: ConfigSource, *holders: Any) -> None:
     source.subscribe(swap)
 
 
-async def connect_temporal(settings: Settings) -> Client:
+async def connect_temporal(settings: Settings, *, refuse_plain: bool = False) -> Client:
+    """A client whose payloads go through the codec; a worker's refuses unencrypted payloads (refuse_plain)."""
     cipher = settings.cipher("codec")
     return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
-                                data_converter=data_converter(cipher))
+                                data_converter=data_converter(cipher, refuse_plain=refuse_plain))
 
 
 # Worker tuning shared with bench/ (its bare-Temporal ceiling runs a worker with exactly these settings).
@@ -92,16 +97,18 @@ WORKER_OPTIONS: dict[str, Any] = {"max_concurrent_activities": 200}
 def build_worker(client: Client, task_queue: str, delivery: DeliveryActivities, *,
                  diagnostics: DiagnosticsActivities | None = None, remediation: RemediationActivities | None = None,
                  metrics: MetricsActivities | None = None, cases: CaseActivities | None = None,
-                 sla: SlaActivities | None = None, **kwargs: Any) -> Worker:
+                 sla: SlaActivities | None = None, approvals: ApprovalActivities | None = None,
+                 **kwargs: Any) -> Worker:
     return Worker(client, task_queue=task_queue, workflows=list(WORKFLOWS),
-                  activities=activities_for(delivery, diagnostics, remediation, metrics, cases, sla),
+                  activities=activities_for(delivery, diagnostics, remediation, metrics, cases, sla, approvals),
                   **{**WORKER_OPTIONS, **kwargs})
 
 
 async def run_worker(settings: Settings, config: LifelineConfig) -> None:
     pool = await until_up("PostgreSQL", lambda: create_pool(settings.database_url, min_size=2,
                                                             max_size=settings.database_pool_max))
-    client = await until_up("Temporal", lambda: connect_temporal(settings))
+    # A signal sent without the codec (e.g. `temporal workflow signal` without --codec-endpoint) is dropped.
+    client = await until_up("Temporal", lambda: connect_temporal(settings, refuse_plain=True))
     store_cipher = settings.cipher("store")
     stop = asyncio.Event()
     source, following = await start_source(config, pool, settings.database_url, stop)
@@ -124,7 +131,9 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
         worker = build_worker(client, settings.task_queue, delivery, diagnostics=diagnostics,
                               remediation=remediation, metrics=metrics,
                               cases=CaseActivities(client, settings.task_queue),
-                              sla=worker_sla)
+                              sla=worker_sla,
+                              approvals=ApprovalActivities(pool, settings.jwt_secret.get_secret_value(),
+                                                           settings.jwt_issuer))
         await until_up("Temporal", lambda: ensure_schedule(client, settings, config))
         follow_config(source, diagnostics, remediation, metrics, worker_sla)
         loop = asyncio.get_running_loop()

@@ -47,6 +47,10 @@ def replay_delivery_workflow_id(message_id: str, destination: str, replay: int) 
 
 # workflow.patched() ids: a resolved case calls `notify` (stage resolved) to resolve its on-call page.
 PATCH_ONCALL_RESOLVE = "oncall-resolve"
+# Approvals and rejections carry a Lifeline token that an activity verifies before the workflow acts on them.
+PATCH_VERIFY_APPROVAL = "verify-approval"
+ACTIVITY_VERIFY_APPROVAL = "verify_approval"
+APPROVER_ROLE = "oncall"
 
 
 def case_workflow_id(kind: str, subject: str) -> str:
@@ -210,6 +214,26 @@ class ApprovalInput:
     approver: str
     note: str = ""
     action: str = ""  # which pending action; empty: the one pending now
+    # A Lifeline JWT with role oncall (`lifeline token --role oncall`; the API adds its own for REST approvals).
+    # The verified subject, not `approver`, is who approved.
+    token: str = ""
+
+
+@dataclass
+class VerifyApprovalInput:
+    token: str
+    org_id: str
+    workflow_id: str
+    claimed: str  # the approver the signal names
+    decision: str  # approve | reject
+    action: str = ""
+
+
+@dataclass
+class VerifyApprovalResult:
+    ok: bool
+    subject: str = ""  # the token's subject when ok
+    reason: str = ""  # why it was refused (no token, bad signature, expired, revoked, role, org)
 
 
 @dataclass

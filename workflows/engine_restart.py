@@ -13,7 +13,9 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.approval import verify_approval
     from workflows.contract import (
+        PATCH_VERIFY_APPROVAL,
         QUERY_STATE,
         SIGNAL_APPROVE,
         SIGNAL_REJECT,
@@ -153,11 +155,24 @@ class EngineRestartWorkflow:
         assert self._state is not None
         self._stage("awaiting_approval", "clearing the queue needs an approve signal")
         self._state.awaiting_approval = True
-        try:
-            await workflow.wait_condition(lambda: self._decision is not None,
-                                          timeout=timedelta(seconds=inp.approval_timeout_s))
-        except TimeoutError:
-            pass
+        verify = workflow.patched(PATCH_VERIFY_APPROVAL)
+        deadline = workflow.now() + timedelta(seconds=inp.approval_timeout_s)
+        while True:
+            try:
+                await workflow.wait_condition(lambda: self._decision is not None,
+                                              timeout=max(deadline - workflow.now(), timedelta(milliseconds=1)))
+            except TimeoutError:
+                break
+            if not verify or self._decision is None:
+                break
+            checked = await verify_approval(workflow.info().workflow_id, inp.org_id, self._approved, self._decision,
+                                            "clear_queue")
+            if checked is not None:
+                self._decision = checked
+                break
+            self._state.history.append(f"{workflow.now().isoformat()} {'approve' if self._approved else 'reject'} "
+                                       f"claimed by {self._decision.approver or '?'} refused: no valid oncall token")
+            self._decision = None
         self._state.awaiting_approval = False
         d = self._decision
         if d is not None and self._approved:

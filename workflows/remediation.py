@@ -18,8 +18,10 @@ from temporalio.common import SearchAttributeKey, WorkflowIDReusePolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.approval import verify_approval
     from workflows.contract import (
         PATCH_ONCALL_RESOLVE,
+        PATCH_VERIFY_APPROVAL,
         QUERY_STATE,
         SA_CASE_KIND,
         SA_STATUS,
@@ -275,13 +277,27 @@ class RemediationCaseWorkflow:
         self._decision = None
         await self._stage("awaiting_approval", f"{action.action} ({action.safety}) waits for approval",
                           audit_action="case.awaiting_approval", detail={"action": action.action})
-        try:
-            await workflow.wait_condition(lambda: self._decision is not None,
-                                          timeout=timedelta(seconds=inp.approval_timeout_s))
-        except TimeoutError:
-            return None  # never an approval
-        decision = self._decision
-        assert decision is not None
+        verify = workflow.patched(PATCH_VERIFY_APPROVAL)
+        deadline = workflow.now() + timedelta(seconds=inp.approval_timeout_s)
+        while True:
+            try:
+                await workflow.wait_condition(lambda: self._decision is not None,
+                                              timeout=max(deadline - workflow.now(), timedelta(milliseconds=1)))
+            except TimeoutError:
+                return None  # never an approval
+            decision = self._decision
+            assert decision is not None
+            if not verify:
+                break
+            approved, by = decision
+            checked = await verify_approval(workflow.info().workflow_id, inp.org_id, approved, by, action.action)
+            if checked is not None:
+                decision = (approved, checked)
+                self._decision = decision
+                break
+            self._note(f"{'approve' if approved else 'reject'} claimed by {by.approver or '?'} refused: "
+                       "no valid oncall token (audited)")
+            self._decision = None
         approved, by = decision
         s.pending_action = None
         await self._audit(by.approver, "case.approve" if approved else "case.reject",

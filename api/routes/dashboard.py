@@ -27,7 +27,7 @@ from fastapi.routing import APIRoute
 from activities.flow import flow
 from activities.store import blocked_lanes, list_dead_letters
 from api.auth import AuthError, Principal, verify_token
-from api.deps import SESSION_COOKIE, ConfigDep, CurrentUser, PoolDep, SettingsDep, guarded
+from api.deps import SESSION_COOKIE, ConfigDep, CurrentUser, PoolDep, SettingsDep, guarded, same_origin
 from api.problems import Problem
 from api.redact import redact
 from infra.config import LifelineConfig
@@ -120,6 +120,9 @@ async def dashboard_static(name: str) -> Response:
 async def _session_token(request: Request, settings: SettingsDep) -> tuple[Principal, str]:
     """The token from the login form body, else the caller's own credentials (header or cookie)."""
     token = ""
+    if not same_origin(request, settings):
+        # Login CSRF: another site must not log a browser in to Lifeline under the attacker's token.
+        raise Problem(403, "a session can only be opened from Lifeline's own pages (Origin check)", field="origin")
     if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         token = (form.get("token") or [""])[0].strip()
@@ -153,8 +156,13 @@ async def open_session(settings: SettingsDep,
 
 
 @pages.delete("/dashboard/session", status_code=204, **guarded("viewer"))
-async def close_session() -> Response:
-    """Log out: drop the session cookie."""
+async def close_session(request: Request, pool: PoolDep, user: CurrentUser) -> Response:
+    """Log out: revoke the session's token and drop the cookie."""
+    if user.jti is not None and request.cookies.get(SESSION_COOKIE):
+        from infra.store.tokens import revoke
+
+        await revoke(pool, jti=user.jti, org_id=user.org, revoked_by=user.subject,
+                     expires_at=user.expires_at or 0, reason="logout")
     response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

@@ -21,7 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.engines import build_adapter
 from activities.engines.base import EngineAdapter, EngineError
 from activities.store import audit
-from api.auth import Principal
+from api.auth import Principal, approval_token
 from api.deps import ConfigDep, CurrentUser, PoolDep, SettingsDep, TemporalDep, guarded
 from api.problems import Problem
 from infra.config import Engine, LifelineConfig
@@ -159,7 +159,8 @@ async def _decide(case_id: str, body: Decision, request: Request, pool: Any, cli
     action = state.pending_action.action
     signal = SIGNAL_APPROVE if approve else SIGNAL_REJECT
     try:
-        await client.get_workflow_handle(case_id).signal(signal, ApprovalInput(user.subject, body.note, action))
+        await client.get_workflow_handle(case_id).signal(
+            signal, ApprovalInput(user.subject, body.note, action, token=approval_token(request, user)))
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise Problem(404, f"no running case {case_id!r}", field="case_id") from None

@@ -28,6 +28,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.approvals import ApprovalActivities
 from activities.diagnostics import upsert_case
 from api.app import create_app
 from api.auth import mint_token
@@ -156,7 +157,7 @@ class CaseStandIns:
 
     def all(self) -> list[Any]:
         return [self.record_case, self.diagnose, self.run_action, self.measure, self.record_resolution,
-                self.audit_event, self.notify]
+                self.audit_event, self.notify, ApprovalActivities(self.pool, TEST_JWT_SECRET).verify_approval]
 
 
 @contextlib.asynccontextmanager

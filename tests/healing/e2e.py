@@ -19,6 +19,7 @@ import httpx
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.service import RPCError
 
+from activities.approvals import ApprovalActivities
 from activities.delivery import DeliveryActivities
 from activities.diagnostics import DiagnosticsActivities
 from activities.engines.base import EngineAdapter
@@ -28,7 +29,7 @@ from activities.remediation import RemediationActivities
 from activities.sla import SlaActivities
 from infra.config import LifelineConfig, validate_config
 from infra.crypto import Cipher
-from tests.conftest import make_settings
+from tests.conftest import TEST_JWT_SECRET, make_settings
 from tests.delivery.harness import Engine, api_client
 from tests.emulators.cloverleaf.hci import FakeCloverleaf
 from tests.emulators.mirth import MirthEmulator
@@ -178,7 +179,8 @@ async def lifeline(client: Client, pool: asyncpg.Pool, db_url: str, store_cipher
         diagnostics=DiagnosticsActivities(pool, config, adapters),
         remediation=RemediationActivities(pool, client_provider, config, adapters, http, task_queue),
         metrics=MetricsActivities(pool, config, adapters), cases=CaseActivities(client, task_queue),
-        sla=SlaActivities(pool, config, client, task_queue, http))
+        sla=SlaActivities(pool, config, client, task_queue, http),
+        approvals=ApprovalActivities(pool, TEST_JWT_SECRET))
     worker_task = asyncio.create_task(worker.run())
     monitor = MonitorLoop(client, task_queue, monitor_input(config, settings))
     address = client.service_client.config.target_host

@@ -27,7 +27,11 @@ from workflows.contract import (
     ProposedAction,
     RecordCaseInput,
     RecordResolutionInput,
+    VerifyApprovalInput,
+    VerifyApprovalResult,
 )
+
+VALID_TOKEN = "valid-oncall-token"  # what the verify_approval stand-in accepts
 
 
 def proposed(*actions: str, **params: str) -> list[ProposedAction]:
@@ -62,10 +66,20 @@ class Fakes:
     channels: dict[str, FakeChannel] = field(default_factory=dict)
     transition_polls: int = 2
     fixed: bool = False
+    refused: list[str] = field(default_factory=list)  # claimed approvers whose token the stand-in refused
 
     def activities(self) -> list[Any]:
         return [self.diagnose, self.record_case, self.record_resolution, self.run_action, self.measure,
-                self.notify, self.audit_event, self.engine_status, self.engine_control, self.workflow_running]
+                self.notify, self.audit_event, self.engine_status, self.engine_control, self.workflow_running,
+                self.verify_approval]
+
+    @activity.defn(name="verify_approval")
+    async def verify_approval(self, inp: VerifyApprovalInput) -> VerifyApprovalResult:
+        # Stand-in for ApprovalActivities (tested against real tokens in tests/security/test_approvals.py).
+        if inp.token != VALID_TOKEN:
+            self.refused.append(inp.claimed)
+            return VerifyApprovalResult(False, reason="bad token")
+        return VerifyApprovalResult(True, subject=inp.claimed)
 
     @activity.defn(name="diagnose")
     async def diagnose(self, inp: DiagnoseInput) -> Diagnosis:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.approvals import ApprovalActivities
 from activities.diagnostics import DiagnosticsActivities
 from activities.engines.base import EngineChannel
 from activities.remediation import RemediationActivities
@@ -72,7 +74,8 @@ async def stack(db_url: str, pool: asyncpg.Pool, temporal_env: WorkflowEnvironme
     diag = DiagnosticsActivities(pool, config)
     rem = RemediationActivities(pool, provider, config)
     acts = [fakes.diagnose, diag.record_case, diag.record_resolution, fakes.run_action, fakes.measure,
-            fakes.notify, rem.audit_event, fakes.engine_status, fakes.engine_control, rem.workflow_running]
+            fakes.notify, rem.audit_event, fakes.engine_status, fakes.engine_control, rem.workflow_running,
+            ApprovalActivities(pool, TEST_JWT_SECRET).verify_approval]
     address = client.service_client.config.target_host
     app: FastAPI = create_app(make_settings(database_url=db_url, temporal_address=address, task_queue=task_queue),
                               config)
@@ -155,10 +158,14 @@ async def test_cli_signal_with_plain_json_reaches_the_worker(stack: Stack) -> No
         start_signal_args=[Evidence("destination_down", subject, "2024-01-01T00:00:00+00:00", "down")],
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
     await until(handle, lambda s: s.stage == "awaiting_approval")
+    # The README's CLI form: the signal carries a token from `lifeline token --role oncall` (this worker accepts
+    # plain JSON; `lifeline worker` also needs --codec-endpoint, see README).
+    oncall = mint_token(TEST_JWT_SECRET, subject="cli", org="default", roles=["oncall"], ttl_seconds=600)
     proc = await asyncio.to_thread(
         subprocess.run,
         [find_binary("temporal"), "workflow", "signal", "--address", stack.address, "--namespace", "default",
-         "--workflow-id", case_id, "--name", "approve", "--input", '{"approver":"cli","note":"ok"}'],
+         "--workflow-id", case_id, "--name", "approve", "--input",
+         json.dumps({"approver": "cli", "note": "ok", "token": oncall})],
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     state: CaseState = await asyncio.wait_for(handle.result(), 60)

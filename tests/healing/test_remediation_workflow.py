@@ -14,7 +14,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from tests.healing.fakes import Fakes, proposed, until
+from tests.healing.fakes import VALID_TOKEN, Fakes, proposed, until
 from workflows.contract import (
     SIGNAL_APPROVE,
     SIGNAL_EVIDENCE,
@@ -90,7 +90,7 @@ async def test_manual_mode_waits_even_for_safe(rig: tuple[Client, Fakes, str]) -
     state = await until(handle, lambda s: s.stage == "awaiting_approval")
     assert state.pending_action is not None and state.pending_action.action == "reconnect"
     assert fakes.actions == []
-    await handle.signal(SIGNAL_APPROVE, ApprovalInput("alice", "go ahead"))
+    await handle.signal(SIGNAL_APPROVE, ApprovalInput("alice", "go ahead", token=VALID_TOKEN))
     state = await handle.result()
     assert state.stage == "resolved" and state.approver == "alice" and fakes.actions == ["reconnect"]
     assert any(a.action == "case.approve" and a.actor == "alice" and a.detail["note"] == "go ahead"
@@ -107,7 +107,7 @@ async def test_risky_waits_in_semi_auto_and_runs_in_full_auto(rig: tuple[Client,
     handle = await open_case(client, tq, "engine_channel_stopped", subj, mode="semi-auto")
     await until(handle, lambda s: s.stage == "awaiting_approval")
     assert fakes.ops == []
-    await handle.signal(SIGNAL_APPROVE, ApprovalInput("bob", "restart it"))
+    await handle.signal(SIGNAL_APPROVE, ApprovalInput("bob", "restart it", token=VALID_TOKEN))
     state = await handle.result()
     assert state.stage == "resolved", state.history
     assert fakes.ops == [(channel, "start")]  # already stopped: the restart only starts it
@@ -129,10 +129,11 @@ async def test_destructive_waits_in_every_mode(rig: tuple[Client, Fakes, str], m
     await asyncio.sleep(0.5)
     assert fakes.actions == []
     # An approval that names another action is ignored.
-    await handle.signal(SIGNAL_APPROVE, ApprovalInput("eve", "", action="discard"))
+    await handle.signal(SIGNAL_APPROVE, ApprovalInput("eve", "", action="discard", token=VALID_TOKEN))
     await asyncio.sleep(0.3)
     assert (await handle.query("state", result_type=CaseState)).stage == "awaiting_approval"
-    await handle.signal(SIGNAL_APPROVE, ApprovalInput("carol", "head is a test message", "skip_blocked_head"))
+    await handle.signal(SIGNAL_APPROVE, ApprovalInput("carol", "head is a test message", "skip_blocked_head",
+                                                      token=VALID_TOKEN))
     state = await handle.result()
     assert state.stage == "resolved" and fakes.actions == ["skip_blocked_head"] and state.approver == "carol"
 
@@ -143,10 +144,10 @@ async def test_reject_moves_to_next_action_then_rejected(rig: tuple[Client, Fake
     handle = await open_case(client, tq, "lane_blocked", subject(), mode="full-auto")
     state = await until(handle, lambda s: s.stage == "awaiting_approval")
     assert state.pending_action is not None and state.pending_action.action == "skip_blocked_head"
-    await handle.signal(SIGNAL_REJECT, ApprovalInput("dave", "needs the vendor"))
+    await handle.signal(SIGNAL_REJECT, ApprovalInput("dave", "needs the vendor", token=VALID_TOKEN))
     state = await until(handle, lambda s: s.stage == "awaiting_approval" and s.pending_action is not None
                         and s.pending_action.action == "discard")
-    await handle.signal(SIGNAL_REJECT, ApprovalInput("dave", "no"))
+    await handle.signal(SIGNAL_REJECT, ApprovalInput("dave", "no", token=VALID_TOKEN))
     state = await handle.result()
     assert state.stage == "rejected" and fakes.actions == [] and fakes.resolutions == []
     assert [a["outcome"] for a in state.attempts] == ["rejected", "rejected"]
@@ -192,7 +193,7 @@ async def test_evidence_twice_is_one_case(rig: tuple[Client, Fakes, str]) -> Non
     assert first.result_run_id == second.result_run_id
     state = await until(first, lambda s: s.evidence_count == 2 and s.stage == "awaiting_approval")
     assert len(state.evidence) == 2
-    await first.signal(SIGNAL_REJECT, ApprovalInput("x", ""))
+    await first.signal(SIGNAL_REJECT, ApprovalInput("x", "", token=VALID_TOKEN))
     assert (await first.result()).stage == "rejected"
 
 
@@ -231,7 +232,7 @@ async def test_restart_halts_a_hung_stop_and_clears_only_when_approved(rig: tupl
         assert asyncio.get_running_loop().time() < deadline, st
         await asyncio.sleep(0.2)
     assert [op for _, op in fakes.ops] == ["stop", "halt"]
-    await handle.signal(SIGNAL_APPROVE, ApprovalInput("oncall1", "queue is junk"))
+    await handle.signal(SIGNAL_APPROVE, ApprovalInput("oncall1", "queue is junk", token=VALID_TOKEN))
     result = await handle.result()
     assert result.stage == "done"
     assert [op for _, op in fakes.ops] == ["stop", "halt", "clear_queue", "start"]
