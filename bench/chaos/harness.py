@@ -195,11 +195,16 @@ class SenderStats:
 
 
 async def run_sender(sender: int, count: int, interval: float, port: int, stats: SenderStats,
-                     stop: asyncio.Event) -> None:
-    """Send `count` messages in order, one at a time, at most one per `interval` s; resend until AA."""
+                     stop: asyncio.Event, kills_done: asyncio.Event) -> None:
+    """Send at least `count` messages in order (and on until every kill is done), one at a time, at most one per
+    `interval` s; resend each until AA."""
     conn: tuple[Any, Any] | None = None
     next_at = time.monotonic()
-    for k in range(count):
+    k = -1
+    while True:
+        k += 1
+        if k >= count and kills_done.is_set():
+            break
         cid = control_id(sender, k)
         text = message(sender, k)
         delay = next_at - time.monotonic()
@@ -275,30 +280,32 @@ async def run_chaos(opts: ChaosOptions, log: Any = None) -> dict[str, Any]:
         say("lifeline up is up in %.1fs", time.monotonic() - t_setup)
         per_sender = -(-opts.messages // opts.senders)
         interval = opts.senders / opts.rate
-        stop = asyncio.Event()
+        stop, kills_done = asyncio.Event(), asyncio.Event()
         t0 = time.monotonic()
-        senders = [asyncio.create_task(run_sender(i, per_sender, interval, stack.mllp_port, stats, stop))
+        senders = [asyncio.create_task(run_sender(i, per_sender, interval, stack.mllp_port, stats, stop,
+                                                  kills_done))
                    for i in range(opts.senders)]
         plan = [v for v in opts.victims for _ in range(opts.kills_per_process)]
         rng.shuffle(plan)
         stream_s = per_sender * interval
         slot = stream_s / (len(plan) + 1)
-        for j, victim in enumerate(plan):
-            when = t0 + slot * (j + 0.5) + rng.uniform(0, slot)
-            await asyncio.sleep(max(0.0, when - time.monotonic()))
-            if all(t.done() for t in senders):
-                break
-            pid = stack.status().get(victim, {}).get("pid")
-            if not isinstance(pid, int):
-                raise RuntimeError(f"no pid for {victim} in the status file")
-            kill_t = time.monotonic()
-            os.kill(pid, signal.SIGKILL)
-            k = Kill(victim=victim, at=round(kill_t - t0, 2), pid=pid)
-            kills.append(k)
-            say("kill -9 %s (pid %d) at %.1fs", victim, pid, k.at)
-            if await wait_back(stack, victim, pid, opts.recover_timeout):
-                k.back_s = round(time.monotonic() - kill_t, 2)
-            say("  %s back after %ss", victim, k.back_s)
+        try:
+            for j, victim in enumerate(plan):
+                when = t0 + slot * (j + 0.5) + rng.uniform(0, slot)
+                await asyncio.sleep(max(0.0, when - time.monotonic()))
+                pid = stack.status().get(victim, {}).get("pid")
+                if not isinstance(pid, int):
+                    raise RuntimeError(f"no pid for {victim} in the status file")
+                kill_t = time.monotonic()
+                os.kill(pid, signal.SIGKILL)
+                k = Kill(victim=victim, at=round(kill_t - t0, 2), pid=pid)
+                kills.append(k)
+                say("kill -9 %s (pid %d) at %.1fs", victim, pid, k.at)
+                if await wait_back(stack, victim, pid, opts.recover_timeout):
+                    k.back_s = round(time.monotonic() - kill_t, 2)
+                say("  %s back after %ss", victim, k.back_s)
+        finally:
+            kills_done.set()
         await asyncio.gather(*senders)
         sent_s = time.monotonic() - t0
         say("all %d messages ACKed in %.1fs; draining", len(stats.acked), sent_s)
