@@ -311,9 +311,11 @@ async def run_chaos(opts: ChaosOptions, log: Any = None) -> dict[str, Any]:
         say("all %d messages ACKed in %.1fs; draining", len(stats.acked), sent_s)
         want = set(stats.acked)
         deadline = time.monotonic() + opts.drain_timeout
+        drain_complete = False
         while time.monotonic() < deadline:
             got = {c for c, _ in ordered.received} | {c for c, _ in unordered.received}
             if want <= got:
+                drain_complete = True
                 break
             await asyncio.sleep(0.5)
         drained_s = time.monotonic() - t0
@@ -327,7 +329,7 @@ async def run_chaos(opts: ChaosOptions, log: Any = None) -> dict[str, Any]:
         started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_wall)),
         options={k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
                  for k, v in asdict(opts).items()},
-        stream_seconds=round(sent_s, 1), drained_seconds=round(drained_s, 1),
+        stream_seconds=round(sent_s, 1), drained_seconds=round(drained_s, 1), drain_complete=drain_complete,
         load={"nproc": os.cpu_count(), "loadavg_at_start": load_start, "loadavg_at_end": loadavg()},
         restarts={n: p.get("restarts") for n, p in final_status.items()},
         supervisor_lines=[line.rstrip() for line in stack.output if "restart" in line or "crash loop" in line

@@ -13,6 +13,9 @@ def render_markdown(r: dict[str, Any]) -> str:
     t = r["totals"]
     o = r["options"]
     load = r["load"]
+    drain_note = ("" if r.get("drain_complete", True) else
+                  f"**The drain did not complete within {o['drain_timeout']:g} s: 'lost' counts messages not yet "
+                  "delivered when the harness stopped.** ")
     out = [
         "# Lifeline chaos run", "",
         f"Started {r['started_at']} with `python -m bench.chaos --messages {o['messages']} "
@@ -25,7 +28,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"**{t['lost']} lost**, {t['duplicates']} duplicates at the peers, **{t['order_violations']} order "
         f"violations**; {t['kills']} kills -9 ({', '.join(f'{v} ×{n}' for v, n in t['kills_by_victim'].items())}); "
         f"{t['ae_answers']} AE answers and {t['resends']} resends by the senders while servers were away. "
-        f"Stream {r['stream_seconds']} s, everything delivered {r['drained_seconds']} s after the first send "
+        f"{drain_note}Stream {r['stream_seconds']} s, everything delivered {r['drained_seconds']} s after the first"
+        f" send "
         f"(ACK → delivery p50 {_s(t['ack_to_delivery_s']['p50'])} s, p95 {_s(t['ack_to_delivery_s']['p95'])} s, "
         f"max {_s(t['ack_to_delivery_s']['max'])} s: the backlog built while servers were away).", "",
         "Per kill (a kill's window runs to the next kill; messages are counted by when they were ACKed). "
