@@ -345,6 +345,9 @@ class Remediation(_Model):
     mode: Literal["manual", "semi-auto", "full-auto"] = "semi-auto"
     approval_timeout: Duration = timedelta(hours=1)
     settle: Duration = timedelta(seconds=60)  # how long an action gets to show its effect before verification
+    # A remediated case stays open this long (0s: closes at once); the problem coming back meanwhile is flapping:
+    # the same case remediates again (within its attempt limit) with the recurrences as evidence, then escalates.
+    cooldown: Duration = timedelta(minutes=5)
 
 
 class _Detector(_Model):

@@ -78,7 +78,8 @@ def monitor_input(config: LifelineConfig, settings: Settings) -> FlowMonitorInpu
         window_s=config.monitor.window.total_seconds(), thresholds=thresholds_from(config),
         mode=config.remediation.mode, approval_timeout_s=config.remediation.approval_timeout.total_seconds(),
         case_task_queue=settings.task_queue, evaluate_sla=bool(config.sla),
-        settle_s=config.remediation.settle.total_seconds())
+        settle_s=config.remediation.settle.total_seconds(),
+        cooldown_s=config.remediation.cooldown.total_seconds())
 
 
 def build_schedule(config: LifelineConfig, settings: Settings) -> Schedule:

@@ -51,6 +51,8 @@ PATCH_ONCALL_RESOLVE = "oncall-resolve"
 PATCH_VERIFY_APPROVAL = "verify-approval"
 ACTIVITY_VERIFY_APPROVAL = "verify_approval"
 APPROVER_ROLE = "oncall"
+# A remediated case stays open through CaseInput.cooldown_s and handles a recurrence (flapping) itself.
+PATCH_CASE_COOLDOWN = "case-cooldown"
 
 
 def case_workflow_id(kind: str, subject: str) -> str:
@@ -207,6 +209,7 @@ class CaseInput:
     max_attempts: int = 3
     notify_url: str = ""  # escalation webhook
     settle_s: float = 60.0  # how long an action gets to show its effect before verification
+    cooldown_s: float = 0.0  # stay open this long after a verified remediation; a recurrence is flapping
 
 
 @dataclass
@@ -275,6 +278,7 @@ class CaseState:
     approver: str = ""
     org_id: str = ""
     evidence_count: int = 0  # every evidence signal received (the list keeps only the most recent)
+    recurrences: int = 0  # times the problem came back during a cool-down after a verified remediation
 
 
 @dataclass
@@ -346,6 +350,7 @@ class FlowMonitorInput:
     case_task_queue: str = ""  # empty: the monitor's own task queue
     evaluate_sla: bool = False  # also run the `evaluate_sla` activity (set when lifeline.yaml has sla: entries)
     settle_s: float = 60.0  # CaseInput.settle_s of the cases it opens (remediation.settle)
+    cooldown_s: float = 0.0  # CaseInput.cooldown_s of the cases it opens (remediation.cooldown)
 
 
 @dataclass

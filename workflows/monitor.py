@@ -42,7 +42,8 @@ class FlowMonitorWorkflow:
                 "open_or_feed_case",
                 OpenCaseInput(evidence=ev, task_queue=task_queue, case=CaseInput(
                     kind=ev.kind, subject=ev.subject, org_id=orgs.get(ev.subject, "default"), mode=inp.mode,
-                    approval_timeout_s=inp.approval_timeout_s, notify_url=inp.notify_url, settle_s=inp.settle_s)),
+                    approval_timeout_s=inp.approval_timeout_s, notify_url=inp.notify_url, settle_s=inp.settle_s,
+                    cooldown_s=inp.cooldown_s)),
                 result_type=OpenCaseResult, start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=MONITOR_RETRY)
             for ev in findings))

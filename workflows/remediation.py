@@ -11,6 +11,7 @@ MTTR = resolved_at − opened_at, for resolved cases only.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -20,6 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from workflows.approval import verify_approval
     from workflows.contract import (
+        PATCH_CASE_COOLDOWN,
         PATCH_ONCALL_RESOLVE,
         PATCH_VERIFY_APPROVAL,
         QUERY_STATE,
@@ -120,6 +122,8 @@ class RemediationCaseWorkflow:
         self._state: CaseState | None = None
         self._early: list[Evidence] = []  # evidence signalled before run() set the state up
         self._decision: tuple[bool, ApprovalInput] | None = None
+        self._cooling_since: datetime | None = None  # set while the case cools down after a verified remediation
+        self._recurred = False
 
     @workflow.query(name=QUERY_STATE)
     def state(self) -> CaseState | None:
@@ -135,6 +139,12 @@ class RemediationCaseWorkflow:
     def _add_evidence(self, ev: Evidence) -> None:
         s = self._state
         assert s is not None
+        if self._cooling_since is not None and ev.signature != "flapping":
+            try:
+                if datetime.fromisoformat(ev.observed_at) > self._cooling_since:
+                    self._recurred = True
+            except (ValueError, TypeError):  # unparseable or naive time: not proof of a recurrence
+                pass
         s.evidence_count += 1
         s.evidence.append(ev)
         if len(s.evidence) > EVIDENCE_KEPT:
@@ -206,6 +216,8 @@ class RemediationCaseWorkflow:
             s.mttd_s = max(0.0, mttd) if mttd is not None else None
 
         outcome = await self._remediate(inp, diagnosis)
+        if outcome == "resolved" and inp.cooldown_s > 0 and workflow.patched(PATCH_CASE_COOLDOWN):
+            outcome = await self._cool_down(inp, diagnosis)
         s.pending_action = None
         s.resolved_at = workflow.now().isoformat()
         if outcome == "resolved":
@@ -224,6 +236,37 @@ class RemediationCaseWorkflow:
             await self._escalate(inp, outcome)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return s
+
+    async def _cool_down(self, inp: CaseInput, diagnosis: Diagnosis) -> str:
+        """Stay open after a verified remediation; a recurrence (new evidence observed after the fix) is flapping:
+        remediate again within the attempt limit, with the recurrences as evidence, else escalate."""
+        s = self._state
+        assert s is not None
+        while True:
+            self._cooling_since = workflow.now()
+            self._recurred = False
+            await self._stage("cooling_down", f"remediated; the case stays open {inp.cooldown_s:g}s in case the "
+                              "problem comes back")
+            try:
+                await workflow.wait_condition(lambda: self._recurred, timeout=timedelta(seconds=inp.cooldown_s))
+            except TimeoutError:
+                self._cooling_since = None
+                return "resolved"
+            self._cooling_since = None
+            s.recurrences += 1
+            tried = sum(1 for a in s.attempts if a.get("outcome") in ("verified", "failed"))
+            summary = (f"flapping: {inp.subject} came back {s.recurrences} time(s) within {inp.cooldown_s:g}s of "
+                       f"a verified remediation ({tried} remediation(s) so far)")
+            self._add_evidence(Evidence(kind=inp.kind, subject=inp.subject, observed_at=workflow.now().isoformat(),
+                                        summary=summary, signature="flapping",
+                                        metrics={"recurrences": float(s.recurrences), "remediations": float(tried)}))
+            self._note(summary)
+            if tried >= inp.max_attempts:
+                return f"flapping: came back {s.recurrences} time(s) after remediation; {tried} remediation(s) tried"
+            outcome = await self._remediate(dataclasses.replace(inp, max_attempts=inp.max_attempts - tried),
+                                            diagnosis)
+            if outcome != "resolved":
+                return outcome
 
     async def _escalate(self, inp: CaseInput, why: str) -> None:
         s = self._state

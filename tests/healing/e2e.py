@@ -58,7 +58,8 @@ def e2e_config(dest_port: int, *, mode: str = "semi-auto", settle: str = "2s", o
             "retry": retry or {"initial_interval": "200ms", "backoff": 1.5, "maximum_interval": "1s",
                                "maximum_attempts": 50}}],
         "engines": engines or [],
-        "remediation": {"mode": mode, "approval_timeout": "5m", "settle": settle},
+        # cooldown 0s: these tests follow a case to its end; the cool-down has its own tests.
+        "remediation": {"mode": mode, "approval_timeout": "5m", "settle": settle, "cooldown": "0s"},
         "monitor": FAST_MONITOR,
     }, "e2e")
 

@@ -260,3 +260,48 @@ async def test_restart_clear_times_out_to_skip_and_failed_start_compensates(
     assert [op for ch, op in fakes.ops if ch == other] == ["stop", "start", "start"]  # the last is compensation
     state = await handle.query("state", result_type=RestartState)
     assert state.stage == "failed" and "did not start" in state.error
+
+
+# -- cool-down and flapping ----------------------------------------------------------------------------------------
+
+FUTURE = "9999-01-01T00:00:00+00:00"  # observed after any workflow time of the time-skipping server
+
+
+async def test_remediated_case_stays_open_through_the_cool_down_then_resolves(rig: tuple[Client, Fakes, str]) -> None:
+    client, fakes, tq = rig
+    fakes.diagnosis = Diagnosis("refused", "down", 0.9, actions=proposed("reconnect"))
+    fakes.fixes = {"reconnect"}
+    subj = subject()
+    handle = await open_case(client, tq, "destination_down", subj, cooldown_s=300.0)
+    cooling = await until(handle, lambda s: s.stage == "cooling_down")
+    assert cooling.attempts[0]["outcome"] == "verified"
+    # Evidence from a snapshot taken before the fix is not a recurrence.
+    await handle.signal(SIGNAL_EVIDENCE, Evidence("destination_down", subj, "2024-01-01T00:00:01+00:00",
+                                                  "late evidence", {}, "refused"))
+    state = await handle.result()  # time skips through the cool-down
+    assert state.stage == "resolved" and state.recurrences == 0
+    assert fakes.actions == ["reconnect"]
+    assert "cooling_down" in fakes.stages and fakes.stages[-1] == "resolved"
+
+
+async def test_flapping_keeps_one_case_shows_it_and_escalates_after_the_attempt_limit(
+        rig: tuple[Client, Fakes, str]) -> None:
+    client, fakes, tq = rig
+    fakes.diagnosis = Diagnosis("refused", "down", 0.9, actions=proposed("reconnect"))
+    fakes.fixes = {"reconnect"}
+    subj = subject()
+    handle = await open_case(client, tq, "destination_down", subj, cooldown_s=300.0, max_attempts=3)
+    for n in (1, 2):
+        await until(handle, lambda s, n=n: s.stage == "cooling_down" and len(s.attempts) == n)
+        await handle.signal(SIGNAL_EVIDENCE, Evidence("destination_down", subj, FUTURE, "down again", {}, "refused"))
+        await until(handle, lambda s, n=n: s.recurrences == n)
+    await until(handle, lambda s: s.stage == "cooling_down" and len(s.attempts) == 3)
+    await handle.signal(SIGNAL_EVIDENCE, Evidence("destination_down", subj, FUTURE, "down again", {}, "refused"))
+    state = await handle.result()
+    assert state.stage == "escalated" and state.recurrences == 3
+    assert [a["outcome"] for a in state.attempts] == ["verified"] * 3  # one case, three remediations
+    flapping = [e for e in state.evidence if e.signature == "flapping"]
+    assert flapping and flapping[-1].metrics["recurrences"] == 3.0
+    assert "came back 3 time(s)" in flapping[-1].summary
+    assert any("flapping" in h for h in state.history)
+    assert fakes.stages.count("detected") == 1  # never reopened as a new case
