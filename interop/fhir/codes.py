@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 V2_TABLE = "http://terminology.hl7.org/CodeSystem/v2-{table}"
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -68,9 +69,9 @@ def coding_system(name: str, local_prefix: str) -> str:
         return v2_table(m.group(1))
     if OID.match(name):
         return f"urn:oid:{name}"
-    if name.startswith(("http://", "https://", "urn:")):
+    if name.startswith(("http://", "https://", "urn:")) and not any(c.isspace() for c in name):
         return name
-    return local_prefix + name
+    return local_prefix + quote(name.strip(), safe="")
 
 
 # Table 0001 → administrative-gender.

@@ -176,7 +176,7 @@ def cx_identifier(cx: Composite, config: MappingConfig, fallback: str) -> JSON |
     ns, uid, utype = cx(4, 1), cx(4, 2), cx(4, 3)
     ident: JSON = {"system": identifier_system(ns, uid, utype, config, fallback), "value": value}
     if cx(5):
-        ident["type"] = {"coding": [{"system": codes.v2_table("0203"), "code": cx(5)}]}
+        ident["type"] = {"coding": [{"system": codes.v2_table("0203"), "code": code_text(cx(5))}]}
     if ns:
         ident["assigner"] = {"display": ns}
     period = {k: v for k, v in (("start", cx(7)), ("end", cx(8))) if v}
@@ -298,7 +298,7 @@ def cwe_concept(cwe: Composite, config: MappingConfig, table: str = "") -> JSON 
     """CE/CWE/CNE → CodeableConcept (primary and alternate codings, original text)."""
     codings: list[JSON] = []
     for code_c, text_c, sys_c in ((1, 2, 3), (4, 5, 6)):
-        code = cwe(code_c)
+        code = code_text(cwe(code_c))
         if not code:
             continue
         system = codes.coding_system(cwe(sys_c), config.code_prefix) if cwe(sys_c) else (
@@ -320,10 +320,24 @@ def cwe_concept(cwe: Composite, config: MappingConfig, table: str = "") -> JSON 
 
 def table_concept(code: str, table: str, display: str = "") -> JSON:
     """A CodeableConcept with one coding from a v2 table."""
-    coding: JSON = {"system": codes.v2_table(table), "code": code}
+    coding: JSON = {"system": codes.v2_table(table), "code": code_text(code)}
     if display:
         coding["display"] = display
     return {"coding": [coding]}
+
+
+MAX_INT32 = 2**31 - 1
+
+
+def count(text: str) -> int | None:
+    """A v2 NM that must fit a FHIR integer / positiveInt (0..2^31-1), or None."""
+    value = number(text)
+    return value if isinstance(value, int) and 0 <= value <= MAX_INT32 else None
+
+
+def code_text(value: str) -> str:
+    """A FHIR ``code``: no leading, trailing or repeated whitespace."""
+    return " ".join(value.split())
 
 
 def number(text: str) -> int | float | None:

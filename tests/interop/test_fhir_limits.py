@@ -68,3 +68,20 @@ def test_siu_absurd_duration_is_reported_not_raised(duration: str, start: str) -
     assert appointment.get("minutesDuration", 0) < 10 * 366 * 24 * 60
     if duration != "1e308":
         assert any(i.severity == "error" and i.location.startswith("SCH") for i in result.issues)
+
+
+def test_real_feed_oddities_still_make_a_valid_bundle() -> None:
+    # Codes with doubled spaces, a local coding system with a space, ranks and birth orders beyond 2^31,
+    # an unknown patient class with spaces: each used to fail R4B validation (a 422 for the whole message).
+    text = load("map_adt_a01_full")
+    text = text.replace("I21.9^Acute myocardial infarction, unspecified^I10",
+                        "I21  9^Acute myocardial infarction^LOCAL CODES")
+    text = text.replace("|1|1001^HOUSE^GREGORY", "|99999999999|1001^HOUSE^GREGORY")
+    text = text.replace("PV1|1|I|", "PV1|1|X  Y|")
+    result = to_fhir_bundle(parse(text))
+    condition = result.resources("Condition")[0]
+    assert condition["code"]["coding"][0] == {"system": "urn:lifeline:cs:LOCAL%20CODES", "code": "I21 9",
+                                              "display": "Acute myocardial infarction"}
+    encounter = result.resources("Encounter")[0]
+    assert "rank" not in encounter["diagnosis"][0]
+    assert encounter["class"]["code"] == "X Y"

@@ -7,6 +7,8 @@ from interop.errors import MappingError
 from interop.fhir import codes
 from interop.fhir.datatypes import (
     JSON,
+    code_text,
+    count,
     cwe_concept,
     cx_identifier,
     ei_identifier,
@@ -203,8 +205,8 @@ def condition(m: Mapper, dg1: Segment) -> None:
         diag: JSON = {"condition": ref}
         if kind:
             diag["use"] = table_concept(kind, "0052")
-        rank = number(m.val(dg1, 15))
-        if isinstance(rank, int) and rank > 0:
+        rank = count(m.val(dg1, 15))
+        if rank:
             diag["rank"] = rank
         if diag not in enc.setdefault("diagnosis", []):
             enc["diagnosis"].append(diag)
@@ -310,7 +312,8 @@ def disability(m: Mapper, db1: Segment) -> None:
         return
     pat_sys, pat_val = m.patient_parts()
     res: JSON = {"resourceType": "Observation", "status": "final",
-                 "code": {"coding": [{"system": codes.v2_table("0334"), "code": kind}], "text": "Disability"},
+                 "code": {"coding": [{"system": codes.v2_table("0334"), "code": code_text(kind)}],
+                          "text": "Disability"},
                  "subject": m.subject()}
     if m.val(db1, 4):
         res["valueBoolean"] = m.val(db1, 4).upper() == "Y"

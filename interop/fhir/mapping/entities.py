@@ -9,12 +9,13 @@ from interop.fhir.datatypes import (
     JSON,
     Composite,
     DateError,
+    code_text,
+    count,
     cwe_concept,
     cx_identifier,
     display_name,
     ei_identifier,
     identifier_system,
-    number,
     table_concept,
     to_date,
     to_instant,
@@ -66,7 +67,7 @@ def xon_organization(m: Mapper, xon: Composite) -> JSON | None:
         key = {"system": system, "value": ident_value}
         ident: JSON = dict(key)
         if xon(7):
-            ident["type"] = {"coding": [{"system": codes.v2_table("0203"), "code": xon(7)}]}
+            ident["type"] = {"coding": [{"system": codes.v2_table("0203"), "code": code_text(xon(7))}]}
         res["identifier"] = [ident]
     else:
         key = m.derived_key("Organization", m.authority, name)
@@ -107,7 +108,7 @@ def practitioner(m: Mapper, xcn: Composite) -> JSON | None:
     if xcn(1):
         ident = dict(key)
         if xcn(13):
-            ident["type"] = {"coding": [{"system": codes.v2_table("0203"), "code": xcn(13)}]}
+            ident["type"] = {"coding": [{"system": codes.v2_table("0203"), "code": code_text(xcn(13))}]}
         res["identifier"] = [ident]
     if name:
         res["name"] = [name]
@@ -150,7 +151,7 @@ def location(m: Mapper, pl: Composite) -> JSON | None:
         if comp == 1 and pl(6):
             res["type"] = [table_concept(pl(6), "0305")]
         if comp in (1, 2, 3) and pl(5):
-            res["operationalStatus"] = {"system": codes.v2_table("0116"), "code": pl(5)}
+            res["operationalStatus"] = {"system": codes.v2_table("0116"), "code": code_text(pl(5))}
         if pl(9) and comp in (1, 2, 3):
             res["description"] = pl(9)
         if parent is not None:
@@ -250,7 +251,7 @@ def patient(m: Mapper, pid: Segment, *, authoritative: bool) -> JSON:
         else:
             res["maritalStatus"] = cwe_concept(marital, m.cfg, "0002")
     multiple = m.val(pid, 24).upper()
-    order = number(m.val(pid, 25))
+    order = count(m.val(pid, 25))
     if isinstance(order, int):
         res["multipleBirthInteger"] = order
     elif multiple in ("Y", "N"):
@@ -312,13 +313,13 @@ def _race_ethnicity(m: Mapper, pid: Segment) -> list[JSON]:
                 code, default_text = codes.ETHNICITY_LETTERS[code.upper()]
                 text = text or default_text
             if code in omb:
-                coding: JSON = {"system": codes.CDC_RACE_ETHNICITY, "code": code}
+                coding: JSON = {"system": codes.CDC_RACE_ETHNICITY, "code": code_text(code)}
                 if text:
                     coding["display"] = text
                 parts.append({"url": "ombCategory", "valueCoding": coding})
             elif code and cwe(3) in ("CDCREC", "HL70005", "HL70189"):
                 parts.append({"url": "detailed", "valueCoding": {"system": codes.CDC_RACE_ETHNICITY,
-                                                                 "code": code}})
+                                                                 "code": code_text(code)}})
             texts.append(text or code)
         if texts:
             parts.append({"url": "text", "valueString": ", ".join(t for t in texts if t)})
@@ -390,7 +391,7 @@ def encounter(m: Mapper, pv1: Segment, *, authoritative: bool) -> JSON | None:
     else:
         if pclass:
             m.issue(m.loc(pv1, 2), f"patient class {pclass!r} has no v3-ActCode equivalent")
-        res["class"] = {"system": codes.v2_table("0004"), "code": pclass} if pclass else {
+        res["class"] = {"system": codes.v2_table("0004"), "code": code_text(pclass)} if pclass else {
             "system": codes.V3_NULL_FLAVOR, "code": "UNK"}
     types = [c for c in (cwe_concept(m.comp(pv1, 4), m.cfg, "0007"),
                          cwe_concept(m.comp(pv1, 18), m.cfg, "0018")) if c]
@@ -457,8 +458,8 @@ def encounter_extras(m: Mapper, pv2: Segment) -> None:
         res["priority"] = {"coding": [{"system": codes.V3_ACT_PRIORITY, "code": codes.VISIT_PRIORITY[prio]}]}
     elif prio:
         res["priority"] = table_concept(prio, "0217")
-    length = number(m.val(pv2, 11))
-    if isinstance(length, int) and length >= 0:
+    length = count(m.val(pv2, 11))
+    if length is not None:
         res["length"] = {"value": length, "unit": "d", "system": "http://unitsofmeasure.org", "code": "d"}
     if ref := location(m, m.comp(pv2, 1)):
         res.setdefault("location", []).append({"location": ref, "status": "planned"})
@@ -651,7 +652,8 @@ def event_provenance(m: Mapper, evn: Segment, targets: list[JSON]) -> None:
     if not subject:
         return
     res: JSON = {"resourceType": "Provenance", "target": [dict(t) for t in subject], "recorded": recorded,
-                 "activity": {"coding": [{"system": codes.v2_table("0003"), "code": m.val(evn, 1) or m.trigger}]},
+                 "activity": {"coding": [{"system": codes.v2_table("0003"),
+                                          "code": code_text(m.val(evn, 1) or m.trigger)}]},
                  "agent": []}
     if occurred := m.datetime(evn, 6):
         res["occurredDateTime"] = occurred

@@ -10,6 +10,7 @@ from interop.fhir import codes
 from interop.fhir.datatypes import (
     JSON,
     Composite,
+    count,
     cwe_concept,
     cx_identifier,
     display_name,
@@ -98,8 +99,8 @@ def coverage(m: Mapper, in1: Segment) -> None:
         res["subscriber"] = subscriber
     if sub_id := m.comp(in1, 49)(1):
         res["subscriberId"] = sub_id
-    order = number(m.val(in1, 22))
-    if isinstance(order, int) and order > 0:
+    order = count(m.val(in1, 22))
+    if order:
         res["order"] = order
     m.ctx.extra["coverage"] = res
     m.add(res, key)

@@ -8,6 +8,7 @@ from interop.fhir import codes
 from interop.fhir.datatypes import (
     JSON,
     Composite,
+    code_text,
     cwe_concept,
     cx_identifier,
     ei_identifier,
@@ -300,7 +301,7 @@ def obr_specimen(m: Mapper, obr: Segment, order_key: JSON) -> None:
     """OBR-15 (specimen source, v2.3-2.6) → Specimen of the order, collected at OBR-7/8 by OBR-10."""
     sps = m.comp(obr, 15)
     source = {"coding": [{k: v for k, v in (("system", codes.coding_system(sps(1, 3), m.cfg.code_prefix)),
-                                               ("code", sps(1, 1)), ("display", sps(1, 2))) if v}]} \
+                                               ("code", code_text(sps(1, 1))), ("display", sps(1, 2))) if v}]} \
         if sps(1, 1) else ({"text": sps(1, 2) or sps(2)} if sps(1, 2) or sps(2) else None)
     res: JSON = {"resourceType": "Specimen", "status": "available", "subject": m.subject()}
     if source:
@@ -311,7 +312,10 @@ def obr_specimen(m: Mapper, obr: Segment, order_key: JSON) -> None:
     if who := practitioner(m, m.comp(obr, 10)):
         collection["collector"] = who
     if sps(4, 1):
-        collection["bodySite"] = {"coding": [{"code": sps(4, 1), **({"display": sps(4, 2)} if sps(4, 2) else {})}]}
+        site: JSON = {"code": code_text(sps(4, 1))}
+        if sps(4, 2):
+            site["display"] = sps(4, 2)
+        collection["bodySite"] = {"coding": [site]}
     if collection:
         res["collection"] = collection
     if received := m.datetime(obr, 14):

@@ -4,7 +4,7 @@ each naming a Medication (one per drug code); RXR route and site onto the dosage
 from __future__ import annotations
 
 from interop.fhir import codes
-from interop.fhir.datatypes import JSON, Composite, cwe_concept, number
+from interop.fhir.datatypes import JSON, Composite, count, cwe_concept, number
 from interop.fhir.mapping import orders
 from interop.fhir.mapping.core import Mapper, concept_text, simple
 from interop.fhir.mapping.entities import location, practitioner, practitioners, xon_organization
@@ -127,7 +127,7 @@ def medication_request(m: Mapper, orc: Segment | None, rxe: Segment) -> None:
         dispense["quantity"] = simple(quantity(m, qty, m.comp(rxe, 11)))
     else:
         m.use(rxe, 11)
-    if isinstance(refills := number(m.val(rxe, 12)), int):
+    if (refills := count(m.val(rxe, 12))) is not None:
         dispense["numberOfRepeatsAllowed"] = refills
     if dispense:
         res["dispenseRequest"] = dispense

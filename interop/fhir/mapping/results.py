@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from interop.fhir import codes
-from interop.fhir.datatypes import JSON, Composite, cwe_concept, ei_identifier, number
+from interop.fhir.datatypes import JSON, Composite, code_text, cwe_concept, ei_identifier, number
 from interop.fhir.mapping import orders
 from interop.fhir.mapping.core import Mapper, simple
 from interop.fhir.mapping.entities import practitioners, xon_organization
@@ -226,7 +226,7 @@ def observation_value(m: Mapper, obx: Segment, res: JSON) -> None:
         else:
             m.issue(where, f"TM value {first(1)!r} is not a time")
     elif vtype in ("ID", "IS"):
-        res["valueCodeableConcept"] = {"coding": [{"code": first(1)}]} if first(1) else {"text": raw_text}
+        res["valueCodeableConcept"] = {"coding": [{"code": code_text(first(1))}]} if first(1) else {"text": raw_text}
     elif vtype in ("XCN", "XPN", "XAD", "XON", "CX", "EI", "HD", "PN", "AD", "TN", "XTN"):
         res["valueString"] = " ".join(c for comp in first.parts for c in comp if c)
     else:
