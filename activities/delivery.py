@@ -21,10 +21,10 @@ from activities.breaker import new_breakers
 from activities.http import HttpSendError, send_fhir, send_webhook
 from activities.mllp import MllpSender, SendError
 from activities.pipeline import transform
-from activities.store import OUTBOX_CHANNEL
 from infra.config import Destination, LifelineConfig
 from infra.crypto import Cipher
 from infra.live import ConfigSource
+from infra.store import deliveries, org_tx
 from interop.errors import InteropError
 from interop.message import Message, parse
 from interop.transform import TransformError
@@ -45,49 +45,6 @@ from workflows.contract import (
 )
 
 log = logging.getLogger("lifeline.delivery")
-
-_LOAD = """
-select m.key_id, m.body_enc, m.channel, m.received_at, d.lane, d.status, d.workflow_id, d.peer_answer,
-       d.config_version, d.filter_reason
-from messages m join deliveries d on d.message_id = m.id and d.destination = $2
-where m.id = $1 and m.org_id = $3
-"""
-
-_RECORD_SUCCESS = """
-with a as (
-    insert into delivery_attempts (message_id, destination, org_id, attempt, outcome, peer_answer, duration_ms)
-    values ($1, $2, $3, $4, 'delivered', $5, $6)
-), d as (
-    update deliveries set status = 'delivered', attempts = attempts + 1, finished_at = now(),
-        first_attempt_at = coalesce(first_attempt_at, now()), peer_answer = $5, last_error = null,
-        latency_ms = (extract(epoch from (now() - $7::timestamptz)) * 1000)::int
-    where message_id = $1 and destination = $2
-    returning lane
-)
-select case when lane is not null then pg_notify($8, '') end from d
-"""
-
-_RECORD_FILTERED = """
-with d as (
-    update deliveries set status = 'filtered', attempts = attempts + 1, finished_at = now(),
-        first_attempt_at = coalesce(first_attempt_at, now()), filter_reason = $3, last_error = null
-    where message_id = $1 and destination = $2
-    returning lane
-)
-select case when lane is not null then pg_notify($4, '') end from d
-"""
-
-_RECORD_FAILURE = """
-with a as (
-    insert into delivery_attempts (message_id, destination, org_id, attempt, outcome, error_class, error,
-                                   peer_answer, duration_ms)
-    values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-)
-update deliveries set attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, now()),
-    last_error = $7, peer_answer = $8
-where message_id = $1 and destination = $2
-"""
-
 
 def delivery_input(dest: Destination, message_id: str, org_id: str, channel: str, message_type: str,
                    replay: int = 0) -> DeliveryInput:
@@ -155,7 +112,7 @@ class DeliveryActivities:
         if dest is None:
             raise ApplicationError(f"destination {inp.destination!r} is not configured",
                                    type=ERR_DESTINATION_UNKNOWN, non_retryable=True)
-        row = await self.pool.fetchrow(_LOAD, inp.message_id, inp.destination, inp.org_id)
+        row = await deliveries.load_for_delivery(self.pool, inp.org_id, inp.message_id, inp.destination)
         if row is None:
             raise ApplicationError(f"message {inp.message_id} has no delivery to {inp.destination}",
                                    type=ERR_MESSAGE_NOT_FOUND, non_retryable=True)
@@ -179,8 +136,7 @@ class DeliveryActivities:
                                                 message)
                 if steps.filtered is not None:
                     reason = f"{steps.filtered_by}: {steps.filtered}"[:1000]
-                    await self.pool.execute(_RECORD_FILTERED, inp.message_id, inp.destination, reason,
-                                            OUTBOX_CHANNEL)
+                    await deliveries.record_filtered(self.pool, inp.org_id, inp.message_id, inp.destination, reason)
                     log.info("delivery %s -> %s filtered by %s", inp.message_id, inp.destination, steps.filtered_by)
                     return DeliverActivityResult(attempts=attempt, peer_answer=f"filtered: {reason}"[:200],
                                                  filtered=True)
@@ -195,9 +151,9 @@ class DeliveryActivities:
         except SendError as exc:
             duration = int((time.monotonic() - started) * 1000)
             outcome = "permanent" if exc.permanent else "retryable"
-            await self.pool.execute(_RECORD_FAILURE, inp.message_id, inp.destination, inp.org_id, attempt,
-                                    outcome, exc.error_class, exc.text[:1000], exc.peer_answer[:1000] or None,
-                                    duration)
+            await deliveries.record_failure(self.pool, inp.org_id, inp.message_id, inp.destination, attempt,
+                                            outcome, exc.error_class, exc.text[:1000],
+                                            exc.peer_answer[:1000] or None, duration)
             log.info("delivery %s -> %s attempt %d failed: %s", inp.message_id, inp.destination, attempt,
                      exc.error_class)
             if exc.permanent:
@@ -207,18 +163,18 @@ class DeliveryActivities:
             raise ApplicationError(exc.text, exc.error_class, type=exc.error_class,
                                    next_retry_delay=_delay(delay)) from None
         except TransformError as exc:
-            await self.pool.execute(_RECORD_FAILURE, inp.message_id, inp.destination, inp.org_id, attempt,
-                                    "permanent", "transform", str(exc)[:1000], None, 0)
+            await deliveries.record_failure(self.pool, inp.org_id, inp.message_id, inp.destination, attempt,
+                                            "permanent", "transform", str(exc)[:1000], None, 0)
             log.info("delivery %s -> %s: %s failed", inp.message_id, inp.destination, exc.where)
             raise ApplicationError(str(exc), exc.where, type=ERR_TRANSFORM_FAILED, non_retryable=True) from None
         except InteropError as exc:
-            await self.pool.execute(_RECORD_FAILURE, inp.message_id, inp.destination, inp.org_id, attempt,
-                                    "permanent", "render", str(exc)[:1000], None, 0)
+            await deliveries.record_failure(self.pool, inp.org_id, inp.message_id, inp.destination, attempt,
+                                            "permanent", "render", str(exc)[:1000], None, 0)
             raise ApplicationError(f"cannot render for {dest.kind}: {exc}", "render", type=ERR_RENDER_FAILED,
                                    non_retryable=True) from None
         duration = int((time.monotonic() - started) * 1000)
-        await self.pool.execute(_RECORD_SUCCESS, inp.message_id, inp.destination, inp.org_id, attempt,
-                                answer[:1000], duration, row["received_at"], OUTBOX_CHANNEL)
+        await deliveries.record_success(self.pool, inp.org_id, inp.message_id, inp.destination, attempt,
+                                        answer[:1000], duration, row["received_at"])
         return DeliverActivityResult(attempts=attempt, peer_answer=answer[:200], latency_ms=duration)
 
     async def _send(self, dest: Destination, message: Message, inp: DeliverActivityInput) -> str:
@@ -240,35 +196,16 @@ class DeliveryActivities:
     @activity.defn(name="dead_letter")
     async def dead_letter(self, inp: DeadLetterInput) -> None:
         """Park a delivery that cannot succeed, with its full attempt history; wakes its lane."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            attempts = await conn.fetch(
-                "select attempt, at, outcome, error_class, error, peer_answer, duration_ms from delivery_attempts"
-                " where message_id = $1 and destination = $2 order by id", inp.message_id, inp.destination)
-            history = [{**dict(a), "at": a["at"].isoformat()} for a in attempts]
-            await conn.execute(
-                "insert into dead_letters (org_id, message_id, destination, error_type, reason, attempts)"
-                " values ($1, $2, $3, $4, $5, $6) on conflict (message_id, destination) where status = 'open'"
-                " do nothing", inp.org_id, inp.message_id, inp.destination, inp.error_type, inp.reason[:2000],
-                history)
-            await conn.execute(
-                "update deliveries set status = 'dead_lettered', finished_at = now(), last_error = $3"
-                " where message_id = $1 and destination = $2", inp.message_id, inp.destination, inp.reason[:1000])
-            await conn.execute("select pg_notify($1, '')", OUTBOX_CHANNEL)
+        await deliveries.dead_letter(self.pool, inp.org_id, inp.message_id, inp.destination, inp.error_type,
+                                     inp.reason)
         log.warning("delivery %s -> %s dead-lettered: %s", inp.message_id, inp.destination, inp.error_type)
 
 
     @activity.defn(name="prepare_replay")
     async def prepare_replay(self, inp: PrepareReplayInput) -> PrepareReplayResult:
         """Mark the chosen open dead letters replayed by this workflow and hand back what to re-deliver."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "select dl.id, dl.message_id, dl.destination, d.lane, d.replay_count, d.status, m.channel,"
-                " m.message_type from dead_letters dl"
-                " join deliveries d on d.message_id = dl.message_id and d.destination = dl.destination"
-                " join messages m on m.id = dl.message_id"
-                " where dl.id = any($1::bigint[]) and dl.org_id = $2"
-                " and (dl.status = 'open' or dl.replay_workflow_id = $3)"
-                " order by d.seq for update of dl, d", inp.dead_letter_ids, inp.org_id, inp.replay_workflow_id)
+        async with org_tx(self.pool, inp.org_id) as conn:
+            rows = await deliveries.lock_for_replay(conn, inp.org_id, inp.dead_letter_ids, inp.replay_workflow_id)
             items: list[ReplayItem] = []
             for r in rows:
                 dest = self.config.destination(r["destination"])
@@ -277,16 +214,10 @@ class DeliveryActivities:
                 fresh = r["status"] == "dead_lettered"
                 replay = r["replay_count"] + 1 if fresh else r["replay_count"]
                 if fresh:
-                    await conn.execute(
-                        "update dead_letters set status = 'replayed', replay_workflow_id = $2, resolved_at = now(),"
-                        " resolved_by = $3 where id = $1", r["id"], inp.replay_workflow_id, inp.requested_by)
-                    await conn.execute(
-                        "update deliveries set status = 'started', replay_count = $3, started_at = now(),"
-                        " finished_at = null, workflow_id = $4, config_version = case when $5"
-                        " then coalesce($6, config_version) else config_version end"
-                        " where message_id = $1 and destination = $2",
-                        r["message_id"], r["destination"], replay,
-                        replay_delivery_workflow_id(r["message_id"], r["destination"], replay),
+                    await deliveries.mark_replayed(
+                        conn, inp.org_id, r["id"], r["message_id"], r["destination"], inp.replay_workflow_id,
+                        inp.requested_by, replay, replay_delivery_workflow_id(r["message_id"], r["destination"],
+                                                                              replay),
                         inp.with_current_config, self.source.version(inp.org_id) if self.source else None)
                 items.append(ReplayItem(
                     replay_delivery_workflow_id(r["message_id"], r["destination"], replay),

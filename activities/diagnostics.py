@@ -16,8 +16,10 @@ import asyncpg
 from temporalio import activity
 
 from activities.engines.base import EngineAdapter, EngineError
-from activities.store import audit
 from infra.config import LifelineConfig
+from infra.store import cases
+from infra.store import diagnostics as store
+from infra.store.audit import append as audit
 from workflows.contract import (
     ACTION_SAFETY,
     CaseState,
@@ -167,9 +169,7 @@ class DiagnosticsActivities:
         return diag
 
     async def _stats(self, org_id: str, signature: str) -> dict[str, tuple[int, int]]:
-        rows = await self.pool.fetch("select action, successes, failures from resolutions"
-                                     " where org_id = $1 and signature = $2", org_id, signature)
-        return {r["action"]: (r["successes"], r["failures"]) for r in rows}
+        return await cases.resolution_stats(self.pool, org_id, signature)
 
     def _from_evidence(self, inp: DiagnoseInput) -> Diagnosis:
         sigs = [e.signature for e in inp.evidence if e.signature]
@@ -181,26 +181,8 @@ class DiagnosticsActivities:
     async def _destination(self, inp: DiagnoseInput, dest: str) -> tuple[Diagnosis, dict[str, str]]:
         org, window = inp.org_id, self.window_s
         params = {"destination": dest}
-        failures = await self.pool.fetch(
-            "select error_class, count(*) as n, max(at) as last_at,"
-            " array_remove(array_agg(distinct peer_answer), null) as answers"
-            " from delivery_attempts where org_id = $1 and destination = $2 and outcome <> 'delivered'"
-            " and at >= now() - make_interval(secs => $3) group by error_class order by n desc, last_at desc",
-            org, dest, window)
-        ok: Any = await self.pool.fetchrow(
-            "select count(*) filter (where at >= now() - make_interval(secs => $3)) as n, max(at) as last_at"
-            " from delivery_attempts where org_id = $1 and destination = $2 and outcome = 'delivered'",
-            org, dest, window)
-        load: Any = await self.pool.fetchrow(
-            "select count(*) filter (where status in ('pending', 'started')) as backlog,"
-            " count(*) filter (where status = 'pending') as pending,"
-            " extract(epoch from now() - min(created_at) filter (where status in ('pending', 'started')))"
-            "   as oldest_s"
-            " from deliveries where org_id = $1 and destination = $2", org, dest)
-        dead = await self.pool.fetchval("select count(*) from dead_letters where org_id = $1 and destination = $2"
-                                        " and status = 'open'", org, dest)
-        paused = await self.pool.fetchval("select paused from destination_state where org_id = $1"
-                                          " and destination = $2", org, dest)
+        pic = await store.destination_picture(self.pool, org, dest, window)
+        failures, ok, load, dead, paused = pic["failures"], pic["ok"], pic["load"], pic["dead"], pic["paused"]
         params["paused"] = "1" if paused else "0"
         total = sum(r["n"] for r in failures)
         lines: list[str] = []
@@ -221,11 +203,7 @@ class DiagnosticsActivities:
             share = top["n"] / total
             confidence = round(min(0.97, 0.35 + 0.6 * share * min(1.0, total / 5)), 2)
             diag = Diagnosis(sig, cause, confidence, lines)
-            onset = _iso(await self.pool.fetchval(
-                "select min(at) from delivery_attempts where org_id = $1 and destination = $2"
-                " and outcome <> 'delivered' and at >= now() - interval '1 day'"
-                " and at > coalesce((select max(at) from delivery_attempts where org_id = $1 and destination = $2"
-                "   and outcome = 'delivered'), '-infinity')", org, dest))
+            onset = _iso(await store.failure_onset(self.pool, org, dest))
         elif inp.kind == "latency_degraded":
             diag = await self._latency(inp, dest, lines)
         elif load["backlog"]:
@@ -268,12 +246,7 @@ class DiagnosticsActivities:
         return "unknown", CATALOGUE["unknown"][0] + f" (error class {error_class or 'none'})"
 
     async def _blocked(self, inp: DiagnoseInput, dest: str, lines: list[str]) -> Diagnosis:
-        head = await self.pool.fetchrow(
-            "select dl.error_type, count(*) over () as heads from deliveries d join dead_letters dl"
-            " on dl.message_id = d.message_id and dl.destination = d.destination and dl.status = 'open'"
-            " where d.org_id = $1 and d.destination = $2 and d.status = 'dead_lettered' and d.lane is not null"
-            " and not exists (select 1 from deliveries e where e.destination = d.destination and e.lane = d.lane"
-            "  and e.seq < d.seq and e.status = 'dead_lettered') order by d.finished_at limit 1", inp.org_id, dest)
+        head = await store.oldest_blocked_head(self.pool, inp.org_id, dest)
         if head is None:
             return Diagnosis("blocked", CATALOGUE["blocked"][0], 0.3, lines + ["no blocked lane head found now"])
         error_type = str(head["error_type"])
@@ -282,19 +255,7 @@ class DiagnosticsActivities:
         return Diagnosis(f"blocked:{cls}", CATALOGUE["blocked"][0] + f" ({cls})", 0.9, lines)
 
     async def _latency(self, inp: DiagnoseInput, dest: str, lines: list[str]) -> Diagnosis:
-        row: Any = await self.pool.fetchrow(
-            "select count(*) as n,"
-            " avg(extract(epoch from d.created_at - m.received_at) * 1000) as dispatch_ms,"
-            " avg(greatest(0, extract(epoch from d.first_attempt_at - d.created_at) * 1000"
-            "   - coalesce(a.duration_ms, 0))) as queue_ms,"
-            " avg(a.duration_ms) as send_ms,"
-            " avg(greatest(0, d.latency_ms - extract(epoch from d.first_attempt_at - m.received_at) * 1000))"
-            "   as retry_ms"
-            " from deliveries d join messages m on m.id = d.message_id"
-            " left join delivery_attempts a on a.message_id = d.message_id and a.destination = d.destination"
-            "   and a.attempt = 1"
-            " where d.org_id = $1 and d.destination = $2 and d.status = 'delivered'"
-            " and d.finished_at >= now() - make_interval(secs => $3)", inp.org_id, dest, self.window_s)
+        row: Any = await store.latency_stages(self.pool, inp.org_id, dest, self.window_s)
         if not row or not row["n"]:
             return Diagnosis("latency:unknown", CATALOGUE["latency"][0], 0.2, lines + ["no delivery finished"])
         stages = {"dispatch": float(row["dispatch_ms"] or 0), "queue": float(row["queue_ms"] or 0),
@@ -310,18 +271,11 @@ class DiagnosticsActivities:
                          bottleneck=worst)
 
     async def _channel(self, inp: DiagnoseInput, channel: str) -> tuple[Diagnosis, dict[str, str]]:
-        row: Any = await self.pool.fetchrow(
-            "select count(*) filter (where status = 'rejected') as rejected, count(*) as total,"
-            " max(received_at) as last_at from messages where org_id = $1 and channel = $2"
-            " and received_at >= now() - make_interval(secs => $3)", inp.org_id, channel, self.window_s)
+        row: Any = await store.channel_intake(self.pool, inp.org_id, channel, self.window_s)
         lines = [f"{row['total']} message(s) on channel {channel} in the last {self.window_s / 60:g} min,"
                  f" {row['rejected']} rejected"]
         if inp.kind == "malformed_burst" or row["rejected"]:
-            codes = await self.pool.fetch(
-                "select f->>'code' as code, count(*) as n from messages, jsonb_array_elements(findings) f"
-                " where org_id = $1 and channel = $2 and status = 'rejected' and f->>'severity' = 'error'"
-                " and received_at >= now() - make_interval(secs => $3) group by 1 order by n desc limit 3",
-                inp.org_id, channel, self.window_s)
+            codes = await store.top_finding_codes(self.pool, inp.org_id, channel, self.window_s)
             top = codes[0]["code"] if codes else ""
             if codes:
                 lines.append("top finding codes: " + ", ".join(f"{c['code']} ×{c['n']}" for c in codes))
@@ -363,12 +317,7 @@ class DiagnosticsActivities:
     @activity.defn(name="record_resolution")
     async def record_resolution(self, inp: RecordResolutionInput) -> None:
         """Count one verified success or failure of an action for a signature."""
-        await self.pool.execute(
-            "insert into resolutions (org_id, signature, action, successes, failures, last_at)"
-            " values ($1, $2, $3, $4, $5, now()) on conflict (org_id, signature, action) do update set"
-            " successes = resolutions.successes + excluded.successes,"
-            " failures = resolutions.failures + excluded.failures, last_at = now()",
-            inp.org_id, inp.signature, inp.action, int(inp.success), int(not inp.success))
+        await cases.record_resolution(self.pool, inp.org_id, inp.signature, inp.action, inp.success)
 
     @activity.defn(name="record_case")
     async def record_case(self, inp: RecordCaseInput) -> None:
@@ -388,20 +337,10 @@ async def upsert_case(pool: asyncpg.Pool, s: CaseState, run_id: str) -> None:
     first = _parse_iso(s.evidence[0].observed_at) if s.evidence else None
     diag = asdict(s.diagnosis) if s.diagnosis is not None else None
     action = s.pending_action.action if s.pending_action else (s.attempts[-1].get("action") if s.attempts else None)
-    await pool.execute(
-        "insert into cases (case_id, run_id, org_id, kind, subject, stage, mode, signature, opened_at,"
-        " first_evidence_at, onset_at, resolved_at, mttd_ms, mttr_ms, action, approver, evidence_count, diagnosis,"
-        " attempts, updated_at)"
-        " values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, now())"
-        " on conflict (case_id, run_id) do update set stage = excluded.stage, signature = excluded.signature,"
-        " first_evidence_at = coalesce(cases.first_evidence_at, excluded.first_evidence_at),"
-        " onset_at = excluded.onset_at, resolved_at = excluded.resolved_at, mttd_ms = excluded.mttd_ms,"
-        " mttr_ms = excluded.mttr_ms, action = excluded.action, approver = excluded.approver,"
-        " evidence_count = excluded.evidence_count, diagnosis = excluded.diagnosis, attempts = excluded.attempts,"
-        " updated_at = now()",
+    await cases.upsert_case(pool, s.org_id or "default", (
         s.case_id, run_id, s.org_id or "default", s.kind, s.subject, s.stage, s.mode,
         s.diagnosis.signature if s.diagnosis else "", opened, first,
         _parse_iso(s.diagnosis.onset_at) if s.diagnosis else None, _parse_iso(s.resolved_at),
         int(s.mttd_s * 1000) if s.mttd_s is not None else None,
         int(s.mttr_s * 1000) if s.mttr_s is not None else None,
-        action, s.approver or None, s.evidence_count, diag, s.attempts)
+        action, s.approver or None, s.evidence_count, diag, s.attempts))

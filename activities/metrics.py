@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -21,6 +21,7 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 
 from activities.engines.base import EngineAdapter, EngineChannel
 from infra.config import Engine, LifelineConfig
+from infra.store import db_now, monitor, system_tx
 from infra.store.flow_rates import destination_rates
 from workflows.contract import (
     CONNECTION_ERROR_CLASSES,
@@ -48,100 +49,7 @@ log = logging.getLogger("lifeline.metrics")
 AdaptersProvider = Callable[[Engine], EngineAdapter]
 CASE_WORKFLOW = "RemediationCaseWorkflow"
 if TYPE_CHECKING:
-    Conn: TypeAlias = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
-
-# Attempts in the window ($1 = now, $2 = window seconds), shared by the destination queries below.
-_WINDOW = """
-with w as (
-    select id, message_id, destination, at, outcome, error_class, peer_answer, duration_ms
-    from delivery_attempts where at > $1::timestamptz - make_interval(secs => $2)
-)
-"""
-
-_DEST_COUNTS = _WINDOW + """
-select destination,
-       count(*) filter (where outcome = 'delivered')::int as successes,
-       count(*) filter (where outcome <> 'delivered')::int as failures,
-       count(*) filter (where error_class = any($3::text[]))::int as rejects,
-       coalesce(percentile_cont(0.95) within group (order by duration_ms)
-                filter (where outcome = 'delivered'), 0)::float8 as p95_send
-from w group by destination
-"""
-
-_DEST_LAST_ERROR = _WINDOW + """
-select distinct on (destination) destination, error_class
-from w where outcome <> 'delivered' order by destination, at desc, id desc
-"""
-
-_DEST_LAST_REJECT = _WINDOW + """
-select distinct on (destination) destination, error_class, peer_answer
-from w where error_class = any($3::text[]) order by destination, at desc, id desc
-"""
-
-# Connection failures after the last attempt that was anything else (a success, an ACK error, ...).
-_DEST_STREAK = _WINDOW + """
-, brk as (
-    select destination, max(at) filter (where coalesce(error_class, '') <> all($3::text[])) as at
-    from w group by destination
-)
-select w.destination, count(*)::int as streak
-from w join brk using (destination)
-where w.error_class = any($3::text[]) and (brk.at is null or w.at > brk.at)
-group by w.destination
-"""
-
-# End-to-end latency (accept -> delivered) of first deliveries finished in the window; replays would skew it.
-_DEST_LATENCY = _WINDOW + """
-select w.destination, count(*)::int as n,
-       percentile_cont(0.95) within group (order by d.latency_ms)::float8 as p95
-from w join deliveries d on d.message_id = w.message_id and d.destination = w.destination
-where w.outcome = 'delivered' and d.latency_ms is not null and d.replay_count = 0
-group by w.destination
-"""
-
-_DEST_BACKLOG = """
-select destination, min(org_id) as org_id, count(*)::int as backlog,
-       coalesce(extract(epoch from ($1::timestamptz - min(created_at))), 0)::float8 as oldest
-from deliveries where status in ('pending', 'started') group by destination
-"""
-
-_DEST_BLOCKED = """
-select d.destination, count(*)::int as lanes,
-       coalesce(sum((select count(*) from deliveries b where b.destination = d.destination and b.lane = d.lane
-                     and b.seq > d.seq and b.status = 'pending')), 0)::int as waiting
-from deliveries d
-where d.status = 'dead_lettered' and d.lane is not null and d.destination = any($1::text[])
-  and not exists (select 1 from deliveries e where e.destination = d.destination and e.lane = d.lane
-                  and e.seq < d.seq and e.status = 'dead_lettered')
-group by d.destination
-"""
-
-_CHANNELS = """
-select channel, org_id,
-       count(*) filter (where status <> 'rejected')::int as accepted,
-       count(*) filter (where status = 'rejected')::int as rejected
-from messages
-where org_id = any($3::text[]) and received_at > $1::timestamptz - make_interval(secs => $2)
-group by channel, org_id
-"""
-
-# Sender = sending application/facility (system names); unparseable messages fall back to the peer host.
-_SENDER_REJECTS = """
-select m.channel,
-       case when m.sending_app = '' and m.sending_facility = ''
-            then 'peer ' || regexp_replace(coalesce(m.peer, 'unknown'), ':[0-9]+$', '')
-            else m.sending_app || '/' || m.sending_facility end as sender,
-       count(*)::int as n,
-       mode() within group (order by f.code) as top_code
-from messages m
-left join lateral (
-    select e->>'code' as code from jsonb_array_elements(m.findings) e
-    where e->>'severity' = 'error' limit 1
-) f on true
-where m.org_id = any($3::text[]) and m.status = 'rejected'
-  and m.received_at > $1::timestamptz - make_interval(secs => $2)
-group by 1, 2 order by 1, 3 desc, 2
-"""
+    from infra.store import Conn
 
 _HTTP_STATUS = re.compile(r"HTTP (\d{3})")
 
@@ -182,8 +90,8 @@ class MetricsActivities:
     async def snapshot(self, inp: SnapshotInput) -> Snapshot:
         """One consistent look at the flow: per destination, per channel, per engine channel."""
         window = float(inp.window_s or self.config.monitor.window.total_seconds())
-        async with self.pool.acquire() as conn:
-            now: datetime = await conn.fetchval("select now()")
+        async with system_tx(self.pool, "monitor_snapshot") as conn:
+            now: datetime = await db_now(conn)
             destinations = await self._destinations(conn, now, window)
             channels = await self._channels(conn, now, window)
             baselines = await self._baselines(conn, now, channels)
@@ -202,20 +110,20 @@ class MetricsActivities:
         def get(name: str, org: str | None = None) -> DestinationMetrics:
             return out.setdefault(name, DestinationMetrics(name=name, org_id=org or "default"))
 
-        for r in await conn.fetch(_DEST_BACKLOG, now):
+        for r in await monitor.dest_backlog(conn, now):
             m = get(r["destination"], r["org_id"])
             m.backlog, m.oldest_pending_age_s = r["backlog"], max(0.0, r["oldest"])
-        for r in await conn.fetch(_DEST_COUNTS, now, window, rejects):
+        for r in await monitor.dest_counts(conn, now, window, rejects):
             m = get(r["destination"])
             m.successes, m.failures, m.rejects, m.p95_send_ms = (r["successes"], r["failures"], r["rejects"],
                                                                  r["p95_send"])
-        for r in await conn.fetch(_DEST_LAST_ERROR, now, window):
+        for r in await monitor.dest_last_error(conn, now, window):
             get(r["destination"]).last_error_class = r["error_class"] or ""
-        for r in await conn.fetch(_DEST_LAST_REJECT, now, window, rejects):
+        for r in await monitor.dest_last_reject(conn, now, window, rejects):
             get(r["destination"]).reject_signature = reject_signature(r["error_class"], r["peer_answer"])
-        for r in await conn.fetch(_DEST_STREAK, now, window, conn_classes):
+        for r in await monitor.dest_streak(conn, now, window, conn_classes):
             get(r["destination"]).consecutive_connection_failures = r["streak"]
-        for r in await conn.fetch(_DEST_LATENCY, now, window):
+        for r in await monitor.dest_latency(conn, now, window):
             m = get(r["destination"])
             m.latency_samples, m.p95_latency_ms = r["n"], r["p95"]
         span = self.config.monitor.backlog.forecast_span.total_seconds()
@@ -227,7 +135,7 @@ class MetricsActivities:
                 m.arrived_per_s, m.drained_per_s, m.rate_span_s = round(arrived, 3), round(drained, 3), span
         blocking = [d.name for d in self.config.destinations if d.ordered and d.on_dead_letter == "block"]
         if blocking:
-            for r in await conn.fetch(_DEST_BLOCKED, blocking):
+            for r in await monitor.dest_blocked(conn, blocking):
                 m = get(r["destination"])
                 m.lanes_blocked, m.blocked_waiting = r["lanes"], r["waiting"]
         return [out[k] for k in sorted(out)]
@@ -242,11 +150,11 @@ class MetricsActivities:
         out: dict[str, ChannelMetrics] = {c.name: ChannelMetrics(name=c.name, org_id=c.org)
                                           for c in self.config.channels}
         orgs = self._orgs()
-        for r in await conn.fetch(_CHANNELS, now, window, orgs):
+        for r in await monitor.channel_counts(conn, now, window, orgs):
             m = out.setdefault(r["channel"], ChannelMetrics(name=r["channel"], org_id=r["org_id"]))
             m.accepted += r["accepted"]
             m.rejected += r["rejected"]
-        for r in await conn.fetch(_SENDER_REJECTS, now, window, orgs):
+        for r in await monitor.sender_rejects(conn, now, window, orgs):
             m = out.setdefault(r["channel"], ChannelMetrics(name=r["channel"]))
             m.senders.append(SenderRejects(sender=r["sender"], rejected=r["n"], top_code=r["top_code"] or ""))
         for m in out.values():
@@ -265,9 +173,7 @@ class MetricsActivities:
         min_gap = timedelta(seconds=mon.interval.total_seconds() / 2)
         buckets = hour_buckets(now, mon.timezone)
         names = [c.name for c in channels]
-        rows = await conn.fetch(
-            "select channel, bucket, mean, samples, updated_at from monitor_baselines"
-            " where channel = any($1::text[]) and bucket = any($2::text[])", names, list(buckets))
+        rows = await monitor.baselines(conn, names, list(buckets))
         known = {(r["channel"], r["bucket"]): r for r in rows}
         before: list[Baseline] = []
         upd_channel: list[str] = []
@@ -289,13 +195,7 @@ class MetricsActivities:
                 upd_mean.append(new_mean)
                 upd_samples.append(new_samples)
         if upd_channel:
-            await conn.execute(
-                "insert into monitor_baselines (channel, bucket, org_id, mean, samples, updated_at)"
-                " select c, b, o, m, s, $6 from unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::int[])"
-                " as u(c, b, o, m, s)"
-                " on conflict (channel, bucket) do update set mean = excluded.mean, samples = excluded.samples,"
-                " updated_at = excluded.updated_at",
-                upd_channel, upd_bucket, upd_org, upd_mean, upd_samples, now)
+            await monitor.upsert_baselines(conn, upd_channel, upd_bucket, upd_org, upd_mean, upd_samples, now)
         return before
 
     # -- engine channels ---------------------------------------------------------------------------------------
@@ -342,10 +242,8 @@ class MetricsActivities:
         known = [m for m in metrics if m.state != "unknown"]
         if not known:
             return
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "select engine, channel_id, observed_at, errors, queued_history from monitor_engine_stats"
-                " where engine = any($1::text[]) for update", sorted({m.engine for m in known}))
+        async with system_tx(self.pool, "monitor_snapshot") as conn:
+            rows = await monitor.lock_engine_stats(conn, sorted({m.engine for m in known}))
             prev = {(r["engine"], r["channel_id"]): r for r in rows}
             for m in known:
                 p = prev.get((m.engine, m.channel_id))
@@ -355,14 +253,9 @@ class MetricsActivities:
                     # Counters that went down were reset (engine restart): everything counted since is new.
                     m.errors_delta = m.errors - p["errors"] if m.errors >= p["errors"] else m.errors
                 m.queued_history = [*history, m.queued][-QUEUE_HISTORY_MAX:]
-            await conn.executemany(
-                "insert into monitor_engine_stats (engine, channel_id, org_id, observed_at, state, queued, errors,"
-                " queued_history) values ($1, $2, $3, $4, $5, $6, $7, $8)"
-                " on conflict (engine, channel_id) do update set org_id = excluded.org_id,"
-                " observed_at = excluded.observed_at, state = excluded.state, queued = excluded.queued,"
-                " errors = excluded.errors, queued_history = excluded.queued_history",
-                [(m.engine, m.channel_id, m.org_id, now, m.state, m.queued, m.errors, m.queued_history)
-                 for m in known])
+            await monitor.upsert_engine_stats(conn, [
+                (m.engine, m.channel_id, m.org_id, now, m.state, m.queued, m.errors, m.queued_history)
+                for m in known])
 
 
 def _engine_metrics(engine: Engine, ch: EngineChannel) -> EngineChannelMetrics:

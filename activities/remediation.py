@@ -20,8 +20,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.breaker import reset_all
 from activities.engines.base import EngineAdapter, EngineNotSupported
 from activities.oncall import NotificationPending, Notifier, case_event
-from activities.store import OUTBOX_CHANNEL, audit, blocked_lanes, open_dead_letter_ids
 from infra.config import LifelineConfig
+from infra.store import deliveries, messages
+from infra.store.audit import append as audit
+from infra.store.deliveries import blocked_lanes, destination_metrics, open_dead_letter_ids, set_destination_paused
 from workflows.contract import (
     ActionInput,
     ActionResult,
@@ -106,9 +108,7 @@ class RemediationActivities:
         """ResetActivity on every started delivery to dest: an attempt waiting out its backoff runs now."""
         reset_all(inp.org_id, dest)  # an open breaker probes at once instead of at its probe time
         client = await self.client_provider()
-        ids = [r["workflow_id"] for r in await self.pool.fetch(
-            "select workflow_id from deliveries where org_id = $1 and destination = $2 and status = 'started'"
-            " order by seq limit $3", inp.org_id, dest, MAX_RESET)]
+        ids = await deliveries.started_workflow_ids(self.pool, inp.org_id, dest, MAX_RESET)
         sem = asyncio.Semaphore(RESET_PARALLEL)
 
         async def reset(wid: str) -> bool:
@@ -156,20 +156,11 @@ class RemediationActivities:
         if not heads:
             return ActionResult(inp.action, True, "no blocked lane", 0)
         ids = [h["head_message_id"] for h in heads]
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("update deliveries set status = 'skipped' where org_id = $1 and destination = $2"
-                               " and message_id = any($3::text[]) and status = 'dead_lettered'", inp.org_id, dest, ids)
-            await conn.execute("update dead_letters set status = 'discarded', resolved_at = now(), resolved_by = $4"
-                               " where org_id = $1 and destination = $2 and message_id = any($3::text[])"
-                               " and status = 'open'", inp.org_id, dest, ids, inp.approver or inp.case_id)
-            await conn.execute("select pg_notify($1, '')", OUTBOX_CHANNEL)
+        await deliveries.skip_heads(self.pool, inp.org_id, dest, ids, inp.approver or inp.case_id)
         return ActionResult(inp.action, True, f"skipped {len(ids)} blocked lane head(s)", len(ids))
 
     async def _discard(self, inp: ActionInput, dest: str) -> ActionResult:
-        n = await self.pool.fetchval(
-            "with u as (update dead_letters set status = 'discarded', resolved_at = now(), resolved_by = $3"
-            " where org_id = $1 and destination = $2 and status = 'open' returning 1) select count(*) from u",
-            inp.org_id, dest, inp.approver or inp.case_id)
+        n = await deliveries.discard_open(self.pool, inp.org_id, dest, inp.approver or inp.case_id)
         return ActionResult(inp.action, True, f"discarded {n} open dead letter(s)", int(n))
 
     # -- verification ------------------------------------------------------------------------------------------
@@ -185,10 +176,7 @@ class RemediationActivities:
             return Measurement(now.isoformat(), {"queued": st.queued, "received": st.received, "sent": st.sent,
                                                  "errors": st.errors}, st.state)
         if what == "channel" and parts:
-            row: Any = await self.pool.fetchrow(
-                "select count(*) filter (where status <> 'rejected') as accepted,"
-                " count(*) filter (where status = 'rejected') as rejected from messages"
-                " where org_id = $1 and channel = $2 and received_at >= $3", inp.org_id, parts[0], since)
+            row: Any = await messages.channel_counts_since(self.pool, inp.org_id, parts[0], since)
             return Measurement(now.isoformat(), {"accepted": row["accepted"], "rejected": row["rejected"]})
         if what in ("destination", "lane") and parts:
             dest = self.config.destination(parts[0])
@@ -271,37 +259,3 @@ class RemediationActivities:
     async def audit_event(self, inp: AuditInput) -> None:
         await audit(self.pool, org_id=inp.org_id, actor=inp.actor, action=inp.action, subject=inp.subject,
                     detail=dict(inp.detail))
-
-
-async def set_destination_paused(pool: asyncpg.Pool, org_id: str, destination: str, paused: bool, by: str,
-                                 reason: str = "") -> None:
-    await pool.execute(
-        "insert into destination_state (org_id, destination, paused, reason, changed_by, changed_at)"
-        " values ($1, $2, $3, $4, $5, now()) on conflict (org_id, destination) do update set"
-        " paused = excluded.paused, reason = excluded.reason, changed_by = excluded.changed_by, changed_at = now()",
-        org_id, destination, paused, reason, by)
-    if not paused:
-        await pool.execute("select pg_notify($1, '')", OUTBOX_CHANNEL)
-
-
-async def destination_metrics(pool: asyncpg.Pool, org_id: str, dest: str, since: datetime,
-                              blocking: bool = True) -> dict[str, float]:
-    row: Any = await pool.fetchrow(
-        "select"
-        " (select count(*) from deliveries where org_id = $1 and destination = $2"
-        "   and status in ('pending', 'started')) as backlog,"
-        " (select count(*) from dead_letters where org_id = $1 and destination = $2 and status = 'open')"
-        "   as open_dead_letters,"
-        " (select coalesce(bool_or(paused), false) from destination_state where org_id = $1 and destination = $2)"
-        "   as paused",
-        org_id, dest)
-    att: Any = await pool.fetchrow(
-        "select count(*) filter (where outcome = 'delivered') as successes,"
-        " count(*) filter (where outcome <> 'delivered') as failures,"
-        " count(*) filter (where error_class = any($4::text[])) as connection_failures,"
-        " count(*) filter (where outcome = 'permanent') as rejects"
-        " from delivery_attempts where org_id = $1 and destination = $2 and at >= $3",
-        org_id, dest, since, ["refused", "reset", "timeout", "tls", "dns", "connection"])
-    blocked = await blocked_lanes(pool, org_id, [dest]) if blocking else []
-    out: dict[str, Any] = {**dict(row), **dict(att), "blocked_lanes": len(blocked)}
-    return {k: float(v) for k, v in out.items()}

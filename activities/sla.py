@@ -17,10 +17,11 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
-from activities.flow import ScopeValues, db_now, scope_values
 from activities.oncall import Notifier, sla_event
-from activities.store import audit
 from infra.config import LifelineConfig, Sla
+from infra.store import sla as store_sla
+from infra.store.audit import append as audit
+from infra.store.flow import ScopeValues, db_now, scope_values
 from workflows.contract import (
     SA_CASE_KIND,
     SA_DESTINATION,
@@ -33,7 +34,7 @@ from workflows.contract import (
 )
 
 if TYPE_CHECKING:
-    from activities.flow import Db
+    from infra.store import Db
 
 log = logging.getLogger("lifeline.sla")
 
@@ -44,23 +45,6 @@ CASE_KIND = {"max_backlog_age": "backlog", "p95_latency": "latency_degraded",
 # For these the worst value is the lowest one seen; for the others the highest.
 _LOWER_IS_WORSE = frozenset({"min_success_rate", "uptime"})
 CASE_WORKFLOW = "RemediationCaseWorkflow"
-
-_UPSERT = """
-insert into sla_violations (org_id, sla, objective, subject, target, started_at, worst_value, last_value, updated_at)
-values ($1, $2, $3, $4, $5, $6, $7, $7, $6)
-on conflict (org_id, sla, objective) where ended_at is null do update set
-    worst_value = case when $8 then least(sla_violations.worst_value, excluded.worst_value)
-                       else greatest(sla_violations.worst_value, excluded.worst_value) end,
-    last_value = excluded.last_value, target = excluded.target, updated_at = excluded.updated_at
-returning id, (xmax = 0) as inserted
-"""
-
-_CLOSE = """
-update sla_violations set ended_at = $4, updated_at = $4
-where org_id = $1 and sla = $2 and objective = $3 and ended_at is null
-returning id, notified_at, escalated_at
-"""
-
 
 def _objectives(sla: Sla) -> list[tuple[str, float]]:
     """(objective, target) pairs configured for an SLA; targets in seconds or as a fraction."""
@@ -114,18 +98,9 @@ def violated_seconds(rows: list[Any], start: datetime, end: datetime, now: datet
     return total
 
 
-async def _violation_rows(conn: Db, org_id: str, start: datetime, end: datetime,
-                          sla: str | None = None) -> list[asyncpg.Record]:
-    return list(await conn.fetch(
-        "select id, sla, objective, subject, target, started_at, ended_at, worst_value, last_value, case_id,"
-        " notified_at, escalated_at from sla_violations where org_id = $1 and ($4::text is null or sla = $4)"
-        " and started_at < $3 and (ended_at is null or ended_at > $2) order by started_at, id",
-        org_id, start, end, sla))
-
-
 async def _uptime(conn: Db, org_id: str, sla: Sla, now: datetime) -> float:
     start = now - sla.uptime_period
-    rows = [r for r in await _violation_rows(conn, org_id, start, now, sla.name) if r["objective"] != "uptime"]
+    rows = [r for r in await store_sla.violation_rows(conn, org_id, start, now, sla.name) if r["objective"] != "uptime"]
     return 1.0 - violated_seconds(rows, start, now, now) / sla.uptime_period.total_seconds()
 
 
@@ -145,21 +120,18 @@ async def sla_status(pool: asyncpg.Pool, config: LifelineConfig, org_id: str,
     """GET /api/sla: per SLA of the org, each objective's current value, ok/violated and the open violation."""
     now = now or await db_now(pool)
     out = []
-    async with pool.acquire() as c:
-        open_rows = {(r["sla"], r["objective"]): r for r in await c.fetch(
-            "select id, sla, objective, started_at, worst_value, case_id, escalated_at from sla_violations"
-            " where org_id = $1 and ended_at is null", org_id)}
-        for sla in (s for s in config.sla if s.org == org_id):
-            objectives = await _measure(c, sla, now)
-            for o in objectives:
-                row = open_rows.get((sla.name, o["objective"]))
-                o["violation"] = None if row is None else {
-                    "id": row["id"], "started_at": row["started_at"], "worst_value": row["worst_value"],
-                    "case_id": row["case_id"], "escalated_at": row["escalated_at"]}
-            out.append({"name": sla.name, "subject": sla.subject, "channel": sla.channel,
-                        "destination": sla.destination, "window_s": sla.window.total_seconds(),
-                        "in_maintenance": sla.in_maintenance(now), "ok": all(o["ok"] for o in objectives),
-                        "contacts": sla.contacts, "objectives": objectives})
+    open_rows = {(r["sla"], r["objective"]): r for r in await store_sla.open_violations(pool, org_id)}
+    for sla in (s for s in config.sla if s.org == org_id):
+        objectives = await _measure(pool, sla, now)
+        for o in objectives:
+            row = open_rows.get((sla.name, o["objective"]))
+            o["violation"] = None if row is None else {
+                "id": row["id"], "started_at": row["started_at"], "worst_value": row["worst_value"],
+                "case_id": row["case_id"], "escalated_at": row["escalated_at"]}
+        out.append({"name": sla.name, "subject": sla.subject, "channel": sla.channel,
+                    "destination": sla.destination, "window_s": sla.window.total_seconds(),
+                    "in_maintenance": sla.in_maintenance(now), "ok": all(o["ok"] for o in objectives),
+                    "contacts": sla.contacts, "objectives": objectives})
     return out
 
 
@@ -190,38 +162,37 @@ class SlaEvaluator:
 
     async def _evaluate_one(self, sla: Sla, now: datetime, result: EvaluateSlaResult) -> None:
         maintenance = sla.in_maintenance(now)
-        async with self.pool.acquire() as c:
-            objectives = await _measure(c, sla, now)
-            for o in objectives:
-                result.evaluated += 1
-                name = f"{sla.name}/{o['objective']}"
-                if not o["ok"] and not maintenance:
-                    row = await c.fetchrow(_UPSERT, sla.org, sla.name, o["objective"], sla.subject, o["target"], now,
-                                           o["value"], o["objective"] in _LOWER_IS_WORSE)
-                    assert row is not None
-                    if row["inserted"]:
-                        result.opened.append(name)
-                        await audit(self.pool, org_id=sla.org, actor="lifeline", action="sla.violation.opened",
-                                    subject=name, detail={"value": o["value"], "target": o["target"],
-                                                          "violation_id": row["id"]})
-                elif o["ok"]:
-                    closed = await c.fetchrow(_CLOSE, sla.org, sla.name, o["objective"], now)
-                    if closed is not None:
-                        result.closed.append(name)
-                        await audit(self.pool, org_id=sla.org, actor="lifeline", action="sla.violation.closed",
-                                    subject=name, detail={"value": o["value"], "violation_id": closed["id"]})
-                        if closed["notified_at"] or closed["escalated_at"]:
-                            await self._post(sla, {"event": "sla.violation.closed", "violation_id": closed["id"],
-                                                   **self._about(sla, o["objective"], o["value"], o["target"])})
-                        if closed["escalated_at"]:
-                            await self.notifier.notify(sla_event(
-                                self.notifier.links, org_id=sla.org, sla=sla.name, objective=o["objective"],
-                                violation_id=closed["id"], resolved=True, value=o["value"], target=o["target"]))
-            open_rows = await c.fetch(
-                "select id, objective, target, started_at, worst_value, last_value, case_id, notified_at, escalated_at"
-                " from sla_violations where org_id = $1 and sla = $2 and ended_at is null", sla.org, sla.name)
-            for row in open_rows:
-                await self._follow_up(c, sla, row, now, maintenance, result)
+        c = self.pool  # each store call is its own short org transaction: none spans a webhook post
+        objectives = await _measure(c, sla, now)
+        for o in objectives:
+            result.evaluated += 1
+            name = f"{sla.name}/{o['objective']}"
+            if not o["ok"] and not maintenance:
+                row = await store_sla.upsert_violation(c, sla.org, sla.name, o["objective"], sla.subject,
+                                                       o["target"], now, o["value"],
+                                                       o["objective"] in _LOWER_IS_WORSE)
+                assert row is not None
+                if row["inserted"]:
+                    result.opened.append(name)
+                    await audit(self.pool, org_id=sla.org, actor="lifeline", action="sla.violation.opened",
+                                subject=name, detail={"value": o["value"], "target": o["target"],
+                                                      "violation_id": row["id"]})
+            elif o["ok"]:
+                closed = await store_sla.close_violation(c, sla.org, sla.name, o["objective"], now)
+                if closed is not None:
+                    result.closed.append(name)
+                    await audit(self.pool, org_id=sla.org, actor="lifeline", action="sla.violation.closed",
+                                subject=name, detail={"value": o["value"], "violation_id": closed["id"]})
+                    if closed["notified_at"] or closed["escalated_at"]:
+                        await self._post(sla, {"event": "sla.violation.closed", "violation_id": closed["id"],
+                                               **self._about(sla, o["objective"], o["value"], o["target"])})
+                    if closed["escalated_at"]:
+                        await self.notifier.notify(sla_event(
+                            self.notifier.links, org_id=sla.org, sla=sla.name, objective=o["objective"],
+                            violation_id=closed["id"], resolved=True, value=o["value"], target=o["target"]))
+        open_rows = await store_sla.open_violations(c, sla.org, sla.name)
+        for row in open_rows:
+            await self._follow_up(c, sla, row, now, maintenance, result)
 
     def _about(self, sla: Sla, objective: str, value: Any, target: Any) -> dict[str, Any]:
         return {"org_id": sla.org, "sla": sla.name, "objective": objective, "subject": sla.subject,
@@ -235,23 +206,21 @@ class SlaEvaluator:
             if row["case_id"] is None and self.client is not None:
                 case_id = await self._feed_case(sla, kind, row, now)
                 if case_id:
-                    await c.execute("update sla_violations set case_id = $2 where id = $1", row["id"], case_id)
+                    await store_sla.set_case(c, sla.org, row["id"], case_id)
                     result.cases.append(case_id)
         elif row["notified_at"] is None and sla.alert_webhook:
             payload = {"event": "sla.violation.opened", "violation_id": row["id"], "started_at": row["started_at"],
                        "worst_value": row["worst_value"],
                        **self._about(sla, objective, row["last_value"], row["target"])}
             if await self._post(sla, payload):
-                await c.execute("update sla_violations set notified_at = $2 where id = $1", row["id"], now)
+                await store_sla.set_notified(c, sla.org, row["id"], now)
         due = row["started_at"] + sla.escalate_after
         if row["escalated_at"] is None and not maintenance and now >= due:
             payload = {"event": "sla.violation.escalated", "violation_id": row["id"], "started_at": row["started_at"],
                        "worst_value": row["worst_value"], "case_id": row["case_id"],
                        **self._about(sla, objective, row["last_value"], row["target"])}
             if not sla.alert_webhook or await self._post(sla, payload):
-                updated = await c.fetchval("update sla_violations set escalated_at = $2 where id = $1"
-                                           " and escalated_at is null returning id", row["id"], now)
-                if updated is not None:
+                if await store_sla.set_escalated(c, sla.org, row["id"], now):
                     # recorded first, retried by later evaluations until sent: people hear of it once
                     await self.notifier.notify(sla_event(
                         self.notifier.links, org_id=sla.org, sla=sla.name, objective=objective,
@@ -325,7 +294,7 @@ async def sla_report(pool: asyncpg.Pool, config: LifelineConfig, org_id: str, st
                      end: datetime) -> dict[str, Any]:
     """Violations overlapping [start, end) and, per SLA objective, the share of the period without a violation."""
     now = await db_now(pool)
-    rows = await _violation_rows(pool, org_id, start, end)
+    rows = await store_sla.violation_rows(pool, org_id, start, end)
     period = max((min(end, now) - start).total_seconds(), 1e-9)
     slas = []
     names = {s.name for s in config.sla if s.org == org_id} | {r["sla"] for r in rows}

@@ -15,6 +15,7 @@ from api.auth import AuthError, Principal, hash_api_key, verify_token
 from api.problems import Problem
 from infra.config import LifelineConfig
 from infra.settings import Settings
+from infra.store import api_keys
 
 _bearer = HTTPBearer(auto_error=False, description="JWT with `org` and `roles` claims")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key of an EHR sender")
@@ -67,10 +68,7 @@ async def current_principal(
         return await not_revoked(request, principal)
     if api_key:
         pool: asyncpg.Pool = request.app.state.pool
-        row = await pool.fetchrow(
-            "select name, org_id, role from api_keys where key_hash = $1 and revoked_at is null",
-            hash_api_key(api_key),
-        )
+        row = await api_keys.lookup(pool, hash_api_key(api_key))
         if row is None:
             raise Problem(401, "unknown or revoked API key", headers=unauthorized)
         return Principal(f"apikey:{row['name']}", row["org_id"], (row["role"],))

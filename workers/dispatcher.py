@@ -27,12 +27,13 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.delivery import delivery_input
 from activities.pipeline import when_holds
-from activities.store import OUTBOX_CHANNEL
 from infra.config import Channel, Destination, LifelineConfig
 from infra.crypto import Cipher
 from infra.db import create_pool
 from infra.live import ConfigSource, start_source
 from infra.settings import Settings
+from infra.store import deliveries, system_tx
+from infra.store.messages import OUTBOX_CHANNEL
 from interop.errors import InteropError
 from interop.message import Message, parse
 from workers.reconnect import TRANSIENT, until_up
@@ -137,11 +138,8 @@ class Dispatcher:
         if self.source is not None:
             self.config = self.source.current
         versions = self.source.versions if self.source is not None else {}
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "select id, seq, org_id, channel, message_type, sending_app, sending_facility, key_id, body_enc"
-                " from messages where dispatched_at is null and status = 'accepted'"
-                " order by seq limit $1 for update skip locked", self.batch)
+        async with system_tx(self.pool, "dispatch") as conn:
+            rows = await deliveries.claim_undispatched(conn, self.batch)
             if not rows:
                 return 0
             d_msg: list[str] = []
@@ -176,18 +174,11 @@ class Dispatcher:
                     d_wf.append(delivery_workflow_id(row["id"], name))
                     d_ver.append(versions.get(row["org_id"]))
             if d_msg:
-                await conn.execute(
-                    "insert into deliveries (message_id, destination, org_id, seq, lane, workflow_id, config_version)"
-                    " select * from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],"
-                    " $7::int[]) on conflict do nothing", d_msg, d_dest, d_org, d_seq, d_lane, d_wf, d_ver)
+                await deliveries.insert_deliveries(conn, d_msg, d_dest, d_org, d_seq, d_lane, d_wf, d_ver)
             if routed_ids:
-                await conn.execute("update messages m set status = 'routed', dispatched_at = now(),"
-                                   " config_version = u.v from unnest($1::text[], $2::int[]) as u(id, v)"
-                                   " where m.id = u.id",
-                                   routed_ids, routed_versions)
+                await deliveries.mark_routed(conn, routed_ids, routed_versions)
             if unrouted_ids:
-                await conn.execute("update messages set status = 'unrouted', dispatched_at = now()"
-                                   " where id = any($1::text[])", unrouted_ids)
+                await deliveries.mark_dispatched(conn, unrouted_ids, "unrouted")
                 log.info("%d message(s) matched no route", len(unrouted_ids))
         return len(rows)
 
@@ -209,21 +200,8 @@ class Dispatcher:
 
     async def start_ready(self) -> int:
         blocking = [d.name for d in self.config.destinations if d.ordered and d.on_dead_letter == "block"]
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                """
-                select d.message_id, d.destination, d.org_id, d.workflow_id, m.channel, m.message_type
-                from deliveries d join messages m on m.id = d.message_id
-                where d.status = 'pending' and d.replay_count = 0
-                  and not exists (select 1 from destination_state p where p.org_id = d.org_id
-                                  and p.destination = d.destination and p.paused)
-                  and (d.lane is null or not exists (
-                      select 1 from deliveries e
-                      where e.destination = d.destination and e.lane = d.lane and e.seq < d.seq
-                        and (e.status in ('pending', 'started')
-                             or (e.status = 'dead_lettered' and e.destination = any($2::text[])))))
-                order by d.seq limit $1 for update of d skip locked
-                """, self.batch, blocking)
+        async with system_tx(self.pool, "dispatch") as conn:
+            rows = await deliveries.claim_ready(conn, self.batch, blocking)
             if not rows:
                 return 0
             results = await asyncio.gather(*(self._start(r) for r in rows), return_exceptions=True)
@@ -233,10 +211,7 @@ class Dispatcher:
             if failures:
                 log.warning("could not start %d delivery workflow(s): %s", len(failures), type(failures[0]).__name__)
             if done_msg:
-                await conn.execute(
-                    "update deliveries d set status = 'started', started_at = now()"
-                    " from unnest($1::text[], $2::text[]) as u(m, dst)"
-                    " where d.message_id = u.m and d.destination = u.dst", done_msg, done_dest)
+                await deliveries.mark_started(conn, done_msg, done_dest)
         return len(done_msg) if not failures else 0
 
     async def _start(self, row: Any) -> bool:

@@ -399,7 +399,7 @@ class FilePoller:
         done: list[fstore.FileMessage] = []
         async with self.pool.acquire() as conn, conn.transaction():
             for item in items:
-                res = await accept(conn, self.cipher, self.channel, item.raw, source=kind,  # type: ignore[arg-type]
+                res = await accept(conn, self.cipher, self.channel, item.raw, source=kind,
                                    peer=fstore.position_token(kind, ing.id, item.index))
                 done.append(fstore.FileMessage(item.index, res.message_id, item.offset, res.status, res.ack_code,
                                                res.ack))

@@ -511,7 +511,7 @@ def _with_database(args: argparse.Namespace, prog: str,
 # -- lifeline audit verify ----------------------------------------------------------------------------------------
 def cmd_audit(args: argparse.Namespace) -> int:
     """Recompute the audit log's hash chain: 'ok: N rows' (exit 0) or the first broken row id (exit 1)."""
-    from activities.audit import verify_chain
+    from infra.store.audit import verify_chain
 
     async def body(conn: Any) -> int:
         result = await verify_chain(conn, args.org)
@@ -534,28 +534,25 @@ COMMANDS["audit"] = (cmd_audit, "audit log tools: `lifeline audit verify [--org 
 
 def cmd_apikey(args: argparse.Namespace) -> int:
     """Create, list or revoke API keys of EHR senders; a new key is printed once and stored only as a hash."""
-    from activities.store import audit
     from api.auth import hash_api_key, new_api_key
+    from infra.store import api_keys
+    from infra.store.audit import append as audit
 
     async def body(conn: Any) -> int:
         if args.apikey_command == "create":
             key = new_api_key()
-            await conn.execute("insert into api_keys (org_id, name, key_hash, role) values ($1, $2, $3, $4)",
-                               args.org, args.name, hash_api_key(key), args.role)
+            await api_keys.create(conn, args.org, args.name, hash_api_key(key), args.role)
             await audit(conn, org_id=args.org, actor="cli", action="api_key.create", subject=args.name,
                         detail={"role": args.role})
             print(key)
         elif args.apikey_command == "revoke":
-            done = await conn.execute("update api_keys set revoked_at = now() where org_id = $1 and name = $2"
-                                      " and revoked_at is null", args.org, args.name)
-            if done.endswith(" 0"):
+            if not await api_keys.revoke(conn, args.org, args.name):
                 print(f"lifeline apikey: no active key named {args.name!r} in org {args.org!r}", file=sys.stderr)
                 return 1
             await audit(conn, org_id=args.org, actor="cli", action="api_key.revoke", subject=args.name)
             print(f"revoked {args.name}")
         else:
-            for r in await conn.fetch("select name, role, created_at, revoked_at from api_keys where org_id = $1"
-                                      " order by id", args.org):
+            for r in await api_keys.list_keys(conn, args.org):
                 state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
                 print(f"{r['name']}\t{r['role']}\t{r['created_at']:%Y-%m-%d}\t{state}")
         return 0

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 from activities.engines.base import EngineChannel, EngineNotFound, EngineNotSupported, State
 from infra.config import Destination, LifelineConfig
+from infra.store import deliveries
 from infra.store.selfwatch import outbox_waiting
 from infra.supervision import read_status
 
@@ -99,23 +101,14 @@ class LifelineAdapter:
         raise EngineNotFound(f"lifeline: no destination {name!r}")
 
     async def _read(self, dests: list[Destination]) -> list[EngineChannel]:
-        names = [d.name for d in dests]
-        orgs = sorted({d.org for d in dests})
-        async with self.pool.acquire() as conn:
-            queued = await conn.fetch(
-                "select destination, count(*) filter (where status = 'pending') as pending,"
-                " count(*) filter (where status = 'started') as started"
-                " from deliveries where status in ('pending', 'started') and org_id = any($1::text[])"
-                " and destination = any($2::text[]) group by destination", orgs, names)
-            dead = await conn.fetch(
-                "select destination, count(*) as n from dead_letters where status = 'open'"
-                " and org_id = any($1::text[]) and destination = any($2::text[]) group by destination", orgs, names)
-            try:
-                paused_rows = await conn.fetch(
-                    "select destination, reason from destination_state where paused"
-                    " and org_id = any($1::text[]) and destination = any($2::text[])", orgs, names)
-            except asyncpg.UndefinedTableError:
-                paused_rows = []
+        queued: list[Any] = []
+        dead: list[Any] = []
+        paused_rows: list[Any] = []
+        for org in sorted({d.org for d in dests}):  # each org in its own transaction (row-level security)
+            q_, d_, p_ = await deliveries.destination_queues(self.pool, org, [d.name for d in dests if d.org == org])
+            queued += q_
+            dead += d_
+            paused_rows += p_
         q = {r["destination"]: (r["pending"], r["started"]) for r in queued}
         errors = {r["destination"]: r["n"] for r in dead}
         paused = {r["destination"]: r["reason"] or "" for r in paused_rows}
@@ -150,16 +143,8 @@ class LifelineAdapter:
 
     async def _set_paused(self, channel_id: str, paused: bool) -> None:
         d = self._destination(channel_id)
-        try:
-            async with self.pool.acquire() as conn:
-                await conn.execute(
-                    "insert into destination_state (org_id, destination, paused, reason, changed_by)"
-                    " values ($1, $2, $3, $4, $5) on conflict (org_id, destination) do update"
-                    " set paused = excluded.paused, reason = excluded.reason, changed_by = excluded.changed_by,"
-                    " changed_at = now()",
-                    d.org, d.name, paused, "paused through the engine adapter" if paused else None, ACTOR)
-        except asyncpg.UndefinedTableError as exc:
-            raise EngineNotSupported("this database has no destination_state table (migration missing)") from exc
+        await deliveries.set_destination_paused(self.pool, d.org, d.name, paused, ACTOR,
+                                                "paused through the engine adapter" if paused else None)
 
     async def pause(self, channel_id: str) -> None:
         await self._set_paused(channel_id, True)

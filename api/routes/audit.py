@@ -8,11 +8,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
-from activities.audit import export_audit, list_audit
-from activities.store import audit
 from api.deps import CurrentUser, PoolDep, guarded
 from api.render import to_csv
 from api.routes.sla import From, To, period
+from infra.store.audit import append as audit
+from infra.store.audit import export_audit, list_audit
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
 EXPORT_COLUMNS = ("id", "org_id", "at", "actor", "role", "action", "subject", "detail", "remote_addr", "prev_hash",

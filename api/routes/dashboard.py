@@ -24,15 +24,16 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
-from activities.flow import flow
-from activities.store import blocked_lanes, list_dead_letters
 from api.auth import AuthError, Principal, verify_token
 from api.deps import SESSION_COOKIE, ConfigDep, CurrentUser, PoolDep, SettingsDep, guarded, same_origin
 from api.problems import Problem
 from api.redact import redact
 from infra.config import LifelineConfig
 from infra.settings import Settings
+from infra.store import cases as store_cases
 from infra.store.breakers import list_breakers
+from infra.store.deliveries import blocked_lanes, count_open_dead_letters, list_dead_letters
+from infra.store.flow import flow
 from workflows.contract import ACTION_SAFETY
 
 log = logging.getLogger("lifeline.dashboard")
@@ -170,13 +171,6 @@ async def close_session(request: Request, pool: PoolDep, user: CurrentUser) -> R
 
 # -- live snapshot -----------------------------------------------------------------------------------------------
 
-_CASES = """
-select case_id, run_id, kind, subject, stage, mode, signature, action, approver, opened_at, evidence_count,
-       diagnosis->>'root_cause' as root_cause
-from cases where org_id = $1 and stage <> all($2::text[]) order by opened_at desc limit 100
-"""
-
-
 def _ui_link(settings: Settings, workflow_id: str) -> str:
     return f"{settings.temporal_ui_url.rstrip('/')}/namespaces/{settings.temporal_namespace}/workflows/{workflow_id}"
 
@@ -199,10 +193,10 @@ async def compose_snapshot(pool: asyncpg.Pool, settings: Settings, config: Lifel
     current = await flow(pool, org, window=window, bucket=window)
     blocking = [d.name for d in config.destinations if d.org == org and d.ordered and d.on_dead_letter == "block"]
     lanes = await blocked_lanes(pool, org, blocking)
-    dead_open = await pool.fetchval("select count(*) from dead_letters where org_id = $1 and status = 'open'", org)
+    dead_open = await count_open_dead_letters(pool, org)
     # One snapshot serves every role of the org, so it carries no peer texts (the API gives them to PHI readers).
     dead_recent = redact(await list_dead_letters(pool, org, status="open", limit=10))
-    cases = await pool.fetch(_CASES, org, CLOSED_STAGES)
+    cases = await store_cases.open_cases(pool, org, CLOSED_STAGES)
 
     # Configured channels and routes show up idle, so the panels list them before their first message.
     channels = {c["channel"]: c for c in current["channels"]}

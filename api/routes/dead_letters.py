@@ -11,10 +11,11 @@ from temporalio.client import WorkflowQueryFailedError
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from activities.store import audit, blocked_lanes, list_dead_letters, open_dead_letter_ids
 from api.deps import ConfigDep, CurrentUser, PoolDep, SettingsDep, TemporalDep, guarded
 from api.problems import Problem
 from api.redact import for_user
+from infra.store.audit import append as audit
+from infra.store.deliveries import blocked_lanes, list_dead_letters, open_dead_letter_ids
 from workflows.contract import QUERY_PROGRESS, ReplayInput, ReplayProgress, replay_workflow_id
 
 router = APIRouter(tags=["dead letters"])

@@ -8,11 +8,12 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from activities.flow import flow
 from api.deps import CurrentUser, PoolDep, guarded
 from api.problems import Problem
 from infra.config import parse_duration
+from infra.store import db_now
 from infra.store import ops as ops_store
+from infra.store.flow import flow
 
 router = APIRouter(prefix="/api/flow", tags=["monitoring"])
 MAX_WINDOW = timedelta(days=31)
@@ -70,7 +71,7 @@ async def get_flow_series(pool: PoolDep, user: CurrentUser, window: str = "1h", 
     b = duration_param(bucket, "bucket")
     if w > timedelta(days=1) or b > w or w / b > 1440:
         raise Problem(422, "window must be at most 1d and hold at most 1440 buckets", field="window")
-    end = await pool.fetchval("select now()")
+    end = await db_now(pool)
     step = b.total_seconds()
     end = datetime.fromtimestamp((end.timestamp() // step + 1) * step, tz=UTC)  # the current bucket is the last
     start = end - w

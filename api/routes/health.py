@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import guarded
+from infra.store import ping
 
 router = APIRouter(tags=["health"])
 
@@ -24,7 +25,7 @@ async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(3):
-            await request.app.state.pool.fetchval("select 1")
+            await ping(request.app.state.pool)
         checks["postgres"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         checks["postgres"] = f"unreachable: {type(exc).__name__}"

@@ -7,10 +7,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 
-from activities.store import audit, get_message, list_messages, load_body
+from activities.store import load_body
 from api.deps import CurrentUser, PoolDep, SettingsDep, guarded
 from api.problems import Problem
 from api.redact import for_user
+from infra.store.audit import append as audit
+from infra.store.messages import get_message, list_messages
 
 router = APIRouter(prefix="/api/messages", tags=["messages"])
 
@@ -43,7 +45,7 @@ async def message(message_id: str, request: Request, pool: PoolDep, settings: Se
         d["workflow_url"] = f"{ui}/namespaces/{settings.temporal_namespace}/workflows/{d['workflow_id']}"
     found = dict(for_user(found, user))
     if include == "body":
-        found["body"] = await load_body(pool, request.app.state.store_cipher, message_id)
+        found["body"] = await load_body(pool, request.app.state.store_cipher, message_id, user.org)
         await audit(pool, org_id=user.org, actor=user.subject, role=",".join(user.roles), action="message.read_body",
                     subject=message_id, remote_addr=request.client.host if request.client else None)
     return found

@@ -19,10 +19,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from activities.flow import LATENCY_BUCKETS_S, metric_samples
 from api.deps import ConfigDep, CurrentUser, PoolDep, guarded
 from infra.config import LifelineConfig
 from infra.store import ops as ops_store
+from infra.store.flow import LATENCY_BUCKETS_S, metric_samples
 
 router = APIRouter(tags=["monitoring"])
 CACHE_SECONDS = 5.0

@@ -20,11 +20,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.engines import build_adapter
 from activities.engines.base import EngineAdapter, EngineError
-from activities.store import audit
 from api.auth import Principal, approval_token
 from api.deps import ConfigDep, CurrentUser, PoolDep, SettingsDep, TemporalDep, guarded
 from api.problems import Problem
 from infra.config import Engine, LifelineConfig
+from infra.store import cases
+from infra.store.audit import append as audit
 from workflows.contract import (
     CASE_KINDS,
     QUERY_STATE,
@@ -46,8 +47,6 @@ router = APIRouter(tags=["remediations"])
 STAGES = ("detected", "diagnosing", "awaiting_approval", "remediating", "verifying", "resolved", "escalated",
           "rejected")
 _SUBJECT = r"^[A-Za-z0-9_.:-]{1,200}$"
-_CASE_COLS = ("case_id, run_id, kind, subject, stage, mode, signature, opened_at, first_evidence_at, onset_at,"
-              " resolved_at, mttd_ms, mttr_ms, action, approver, evidence_count, diagnosis, attempts, updated_at")
 
 
 class CaseCreate(BaseModel):
@@ -73,9 +72,7 @@ def _remote(request: Request) -> str | None:
 
 
 async def _row(pool: Any, org: str, case_id: str) -> dict[str, Any] | None:
-    row = await pool.fetchrow(f"select {_CASE_COLS} from cases where org_id = $1 and case_id = $2"
-                              " order by opened_at desc limit 1", org, case_id)
-    return dict(row) if row is not None else None
+    return await cases.latest_case(pool, org, case_id)
 
 
 async def _query(client: Client, case_id: str) -> CaseState | None:
@@ -96,11 +93,8 @@ async def list_cases(pool: PoolDep, user: CurrentUser, kind: str | None = None, 
         raise Problem(422, f"unknown case kind {kind!r}; kinds are {', '.join(CASE_KINDS)}", field="kind")
     if stage is not None and stage not in STAGES:
         raise Problem(422, f"unknown stage {stage!r}; stages are {', '.join(STAGES)}", field="stage")
-    rows = await pool.fetch(
-        f"select {_CASE_COLS} from cases where org_id = $1 and ($2::text is null or kind = $2)"
-        " and ($3::text is null or stage = $3) order by opened_at desc limit $4 offset $5",
-        user.org, kind, stage, limit, offset)
-    return {"items": [dict(r) for r in rows], "limit": limit, "offset": offset}
+    items = await cases.list_cases(pool, user.org, kind=kind, stage=stage, limit=limit, offset=offset)
+    return {"items": items, "limit": limit, "offset": offset}
 
 
 @router.get("/api/remediations/{case_id:path}", **guarded("viewer"))

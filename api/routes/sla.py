@@ -7,11 +7,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from activities.flow import db_now, delivery_report
 from activities.sla import sla_report, sla_status
 from api.deps import ConfigDep, CurrentUser, PoolDep, guarded
 from api.problems import Problem
 from api.render import sla_pdf, to_csv
+from infra.store.flow import db_now, delivery_report
 
 router = APIRouter(tags=["sla and reports"])
 MAX_PERIOD = timedelta(days=400)

@@ -1,1 +1,85 @@
-"""The store layer: every SQL statement of Lifeline, one module per aggregate, each a set of named async functions."""
+"""The store layer: every SQL statement of Lifeline, one module per aggregate, each a set of named async functions.
+
+Every statement runs in a transaction that names the org it acts for (`org_tx`): PostgreSQL's row-level security
+(migration 0010) shows a transaction only the rows of `current_setting('lifeline.org')`. Work that must see every
+org (the dispatcher's outbox, the flow monitor's snapshot, the audit chain verification) runs in `system_tx`, which
+names its purpose from a closed list, logs it and counts it; nothing else may read across orgs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Conn: TypeAlias = asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
+    Db: TypeAlias = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
+
+log = logging.getLogger("lifeline.store")
+
+ORG_SETTING = "lifeline.org"
+SYSTEM_SETTING = "lifeline.system"
+# The only cross-org work there is; a new purpose is a reviewed change to this tuple (tests/stack/test_rls.py).
+SYSTEM_PURPOSES = ("dispatch", "monitor_snapshot", "audit_verify", "api_key_lookup")
+# How many system transactions each purpose ran in this process (exported as a metric by the API).
+system_tx_count: Counter[str] = Counter()
+
+_SET_ORG = "select set_config('lifeline.org', $1, true), set_config('lifeline.system', '', true)"
+_SET_SYSTEM = "select set_config('lifeline.system', $1, true), set_config('lifeline.org', '', true)"
+
+
+@asynccontextmanager
+async def _tx(db: Db, setup: str, value: str, **tx: Any) -> AsyncIterator[Conn]:
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction(**tx):
+            await conn.execute(setup, value)
+            yield conn
+    elif db.is_in_transaction():
+        # The caller's transaction: the setting is transaction-local, so it holds until the caller commits.
+        await db.execute(setup, value)
+        yield db
+    else:
+        async with db.transaction(**tx):
+            await db.execute(setup, value)
+            yield db
+
+
+@asynccontextmanager
+async def org_tx(db: Db, org: str, **tx: Any) -> AsyncIterator[Conn]:
+    """A transaction acting for one org: row-level security shows it that org's rows only.
+
+    `db` is a pool (a connection is taken for the transaction) or a connection (its transaction is used, or one
+    is started); `tx` are asyncpg transaction options (isolation, readonly).
+    """
+    if not org:
+        raise ValueError("org_tx needs an org")
+    async with _tx(db, _SET_ORG, org, **tx) as conn:
+        yield conn
+
+
+@asynccontextmanager
+async def system_tx(db: Db, purpose: str, **tx: Any) -> AsyncIterator[Conn]:
+    """A transaction that sees every org, for one of SYSTEM_PURPOSES only; logged and counted."""
+    if purpose not in SYSTEM_PURPOSES:
+        raise ValueError(f"{purpose!r} is not a cross-org purpose ({', '.join(SYSTEM_PURPOSES)})")
+    system_tx_count[purpose] += 1
+    log.debug("cross-org transaction: %s", purpose)
+    async with _tx(db, _SET_SYSTEM, purpose, **tx) as conn:
+        yield conn
+
+
+async def ping(db: Db) -> None:
+    """A round trip to the database (readiness); reads no table."""
+    await db.fetchval("select 1")
+
+
+async def db_now(db: Db) -> Any:
+    """The database clock, the clock that stamps the rows."""
+    return await db.fetchval("select now()")

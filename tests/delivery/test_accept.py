@@ -24,7 +24,7 @@ async def test_accepted_message_is_committed_encrypted_and_acked(pool: asyncpg.P
     row = await pool.fetchrow("select * from messages where id = $1", result.message_id)
     assert row["status"] == "accepted" and row["message_type"] == "ADT^A08" and row["control_id"] == "CTRL1"
     assert b"SMITH" not in row["body_enc"] and b"MRN123" not in row["body_enc"]
-    assert await load_body(pool, store_cipher, result.message_id) == text
+    assert await load_body(pool, store_cipher, result.message_id, "default") == text
 
 
 async def test_resend_is_acked_again_and_stored_once(pool: asyncpg.Pool, store_cipher: Cipher) -> None:
@@ -45,7 +45,7 @@ async def test_unparseable_input_is_stored_rejected_and_answered_ar(pool: asyncp
     assert ack.is_reject and ack.error_texts
     row = await pool.fetchrow("select status, findings, ack_code from messages where id = $1", result.message_id)
     assert row["status"] == "rejected" and row["ack_code"] == "AR" and row["findings"][0]["code"] == "100"
-    assert await load_body(pool, store_cipher, result.message_id) == "this is not HL7 at all"
+    assert await load_body(pool, store_cipher, result.message_id, "default") == "this is not HL7 at all"
 
 
 async def test_missing_control_id_is_rejected_with_err_naming_the_field(pool: asyncpg.Pool,

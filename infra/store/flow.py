@@ -9,14 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
+from infra.store import org_tx
 
-    Db: TypeAlias = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
+if TYPE_CHECKING:
+    from infra.store import Db
 
 # Latency stages of a delivered message (seconds):
 #   accept -> dispatch           deliveries.created_at - messages.received_at
@@ -155,14 +155,14 @@ async def db_now(conn: Db) -> datetime:
     return value
 
 
-async def flow(pool: asyncpg.Pool, org_id: str, *, window: timedelta, bucket: timedelta,
+async def flow(pool: Db, org_id: str, *, window: timedelta, bucket: timedelta,
                channel: str | None = None, destination: str | None = None,
                now: datetime | None = None) -> dict[str, Any]:
     """GET /api/flow: intake per channel and the flow per (channel, destination) over [now - window, now)."""
     end = now or await db_now(pool)
     w = Window(end - window, end, bucket)
     prev = Window(w.start - window, w.start, bucket)
-    async with pool.acquire() as c:
+    async with org_tx(pool, org_id, readonly=True) as c:
         intake = await c.fetch(_INTAKE, org_id, w.start, w.end, channel)
         intake_prev = await c.fetch(_INTAKE, org_id, prev.start, prev.end, channel)
         intake_buckets = await c.fetch(_INTAKE_BUCKETS, org_id, w.start, w.end, channel, bucket)
@@ -293,9 +293,10 @@ class ScopeValues:
 
 async def scope_values(conn: Db, org_id: str, channel: str | None,
                        destination: str | None, start: datetime, end: datetime) -> ScopeValues:
-    lat = await conn.fetchrow(_SCOPE_LATENCY, org_id, start, end, channel, destination)
-    ok = await conn.fetchrow(_SCOPE_SUCCESS, org_id, start, end, channel, destination)
-    bl = await conn.fetchrow(_SCOPE_BACKLOG, org_id, channel, destination)
+    async with org_tx(conn, org_id) as c:
+        lat = await c.fetchrow(_SCOPE_LATENCY, org_id, start, end, channel, destination)
+        ok = await c.fetchrow(_SCOPE_SUCCESS, org_id, start, end, channel, destination)
+        bl = await c.fetchrow(_SCOPE_BACKLOG, org_id, channel, destination)
     assert lat is not None and ok is not None and bl is not None
     oldest = bl["oldest"]
     return ScopeValues(
@@ -346,9 +347,9 @@ async def table_exists(conn: Db, name: str) -> bool:
     return bool(await conn.fetchval("select to_regclass($1) is not null", f"public.{name}"))
 
 
-async def metric_samples(pool: asyncpg.Pool, org_id: str) -> dict[str, Any]:
+async def metric_samples(pool: Db, org_id: str) -> dict[str, Any]:
     """Everything /metrics exposes, read in one repeatable-read snapshot so counters agree with each other."""
-    async with pool.acquire() as c, c.transaction(isolation="repeatable_read", readonly=True):
+    async with org_tx(pool, org_id, isolation="repeatable_read", readonly=True) as c:
         out: dict[str, Any] = {
             "messages": [dict(r) for r in await c.fetch(_M_MESSAGES, org_id)],
             "attempts": [dict(r) for r in await c.fetch(_M_ATTEMPTS, org_id)],
@@ -380,9 +381,9 @@ group by 1, 2 order by 1, 2
 """
 
 
-async def delivery_report(pool: asyncpg.Pool, org_id: str, start: datetime, end: datetime) -> dict[str, Any]:
+async def delivery_report(pool: Db, org_id: str, start: datetime, end: datetime) -> dict[str, Any]:
     """Per channel: messages received/accepted/rejected; per (channel, destination): outcomes and latency."""
-    async with pool.acquire() as c:
+    async with org_tx(pool, org_id, readonly=True) as c:
         intake = await c.fetch(_INTAKE, org_id, start, end, None)
         flows = await c.fetch(_REPORT_FLOWS, org_id, start, end)
     rows = []
