@@ -321,3 +321,22 @@ def test_merge_variants() -> None:
     a41 = bundle(fixture("adt_a41", "a"))
     assert [a["status"] for a in a41.resources("Account")] == ["active", "inactive"]
     assert len(a41.resources("Patient")) == 1  # an account merge retires no patient
+
+
+def test_encounter_without_visit_number_in_a_result_message() -> None:
+    def message(control: str, admit: str) -> str:
+        return ("MSH|^~\\&|LAB|NORTHVALE|LIFELINE|HUB|20240601103000+0200||ORU^R01^ORU_R01|" + control + "|P|2.5.1\r"
+                "PID|1||NO1^^^NORTHVALE^MR||HARTLEY^EVELYN\r"
+                "PV1|1|O|CLINIC1^^^NORTHVALE" + "|" * 41 + admit + "\r"
+                "OBR|1|PO-1^ORDERS|FL-1^LAB|2345-7^Glucose^LN|||20240601090000\r"
+                "OBX|1|NM|2345-7^Glucose^LN||95|mg/dL|||||F")
+    first = to_fhir_bundle(parse(message("C-1", "20240601080000")))
+    second = to_fhir_bundle(parse(message("C-2", "20240601080000")))
+    key = first.resources("Encounter")[0]["identifier"][0]
+    assert key["system"] == KEY_SYSTEM
+    assert key == second.resources("Encounter")[0]["identifier"][0]  # same admission, same Encounter
+    entry = next(e for e in first.bundle["entry"] if e["resource"]["resourceType"] == "Encounter")
+    assert entry["request"]["method"] == "POST"  # a result message never overwrites the visit
+    assert first.resources("Observation")[0]["encounter"] == {"reference": entry["fullUrl"]}
+    bare = to_fhir_bundle(parse(message("C-3", "").replace("PV1|1|O|", "PV1|1||")))
+    assert bare.resources("Encounter") == []

@@ -361,8 +361,10 @@ def encounter(m: Mapper, pv1: Segment, *, authoritative: bool) -> JSON | None:
         for ref in practitioners(m, pv1, n):
             participants.append({"type": [{"coding": [{"system": codes.V3_PARTICIPATION, "code": role,
                                                         "display": display}]}], "individual": ref})
-    if visit is None and (pclass == "N" or not authoritative or m.trigger in ("A28", "A31")):
-        # No visit to speak of (a registration-only PV1, or a non-ADT message without a visit number).
+    registration = pclass == "N" or m.trigger in ("A28", "A29", "A31")
+    admitted = pv1.get(44).strip()
+    if visit is None and (registration or not (authoritative or pclass or admitted)):
+        # No visit to speak of (a registration-only PV1, or a bare PV1 in a non-ADT message).
         used = m.used[id(pv1)]
         extra = [n for n in range(4, len(pv1) + 1) if n not in used and pv1.field(n).strip()]
         if extra:
@@ -373,8 +375,15 @@ def encounter(m: Mapper, pv1: Segment, *, authoritative: bool) -> JSON | None:
         authority_organization(m, m.comp(pv1, 19), 4)
         if "type" not in visit:
             visit["type"] = {"coding": [{"system": codes.v2_table("0203"), "code": "VN"}]}
-    key = visit or m.message_key("Encounter", pv1)
-    if visit is None:
+    if visit is not None:
+        key = visit
+    elif admitted:
+        # The same admission (patient, class, admit time, location) in another message is the same Encounter.
+        key = m.derived_key("Encounter", *m.patient_parts(), pclass, admitted, pv1.field(3))
+        m.issue(m.loc(pv1, 19), "no visit number: Encounter keyed on patient, class, admit time and location",
+                "information")
+    else:
+        key = m.message_key("Encounter", pv1)
         m.issue(m.loc(pv1, 19), "no visit number: Encounter keyed on this message only", "information")
     res: JSON = {"resourceType": "Encounter", "identifier": [visit] if visit else []}
     for cx in m.reps(pv1, 50):
