@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.client import Client
 
 from api import problems
+from api.limits import BodyLimit
 from api.routes import audit as audit_routes
 from api.routes import (
     breakers,
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None, config: LifelineConfig | None =
     app.state.store_cipher = settings.cipher("store")
     app.state.temporal = temporal_connector(settings, app.state.cipher)
     app.add_middleware(PathCors, origins=settings.cors_origins)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     problems.install(app)
     app.include_router(health.router)
     app.include_router(codec.router)

@@ -87,6 +87,10 @@ class MllpIn(_Model):
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     idle_timeout: Duration = timedelta(minutes=10)
     max_connections: int = Field(default=2000, ge=1)
+    max_connections_per_peer: int = Field(default=1000, ge=1)  # one sender (IP address) cannot take them all
+    # All partial frames of this listener together (slow senders trickling large frames cannot exhaust memory).
+    max_buffered_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    write_timeout: Duration = timedelta(seconds=30)  # an ACK the peer does not read within this closes the connection
 
 
 def _hl7_path(value: str) -> str:

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     # Per-message limits on every accept path (MLLP, REST, files): more segments or a longer segment is refused
     # with AR / 422 naming the segment, before any validation work is done.
     max_segments: int = Field(default=10_000, ge=1)
+    # Any REST request body (a channel's max_message_bytes is checked after): 413 while it streams in.
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_segment_chars: int = Field(default=4 * 1024 * 1024, ge=64)
 
     dispatcher_sweep_seconds: float = 5.0

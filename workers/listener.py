@@ -19,7 +19,7 @@ from infra.live import start_source
 from infra.production import plaintext_channels
 from infra.settings import Settings
 from interop.ack import build_nak_for_unparseable
-from interop.errors import APPLICATION_INTERNAL_ERROR, HL7ParseError
+from interop.errors import APPLICATION_INTERNAL_ERROR, FramingError, HL7ParseError
 from interop.message import Limits
 from interop.mllp import FrameDecoder, FrameTooLarge, encode, read_frame
 
@@ -39,6 +39,38 @@ def tls_context(channel: Channel) -> ssl.SSLContext | None:
     return ctx
 
 
+class BufferBudgetExceeded(FramingError):
+    """The listener's partial frames together would exceed max_buffered_bytes."""
+
+
+class _Budget:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+
+class BudgetedDecoder(FrameDecoder):
+    """A frame decoder whose partial frame counts against a budget shared by every connection of a listener."""
+
+    def __init__(self, budget: _Budget, **kwargs: int) -> None:
+        super().__init__(**kwargs)
+        self.budget = budget
+        self._held = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        # Refuse before consuming: the chunk could all become partial-frame bytes.
+        if data and self.budget.used - self._held + self.buffered + len(data) > self.budget.limit:
+            raise BufferBudgetExceeded(f"buffered partial frames would exceed {self.budget.limit} bytes")
+        out = super().feed(data)
+        self.budget.used += self.buffered - self._held
+        self._held = self.buffered
+        return out
+
+    def release(self) -> None:
+        self.budget.used -= self._held
+        self._held = 0
+
+
 @dataclass
 class ChannelListener:
     channel: Channel
@@ -47,6 +79,8 @@ class ChannelListener:
     limits: Limits = DEFAULT_LIMITS
     server: asyncio.Server | None = None
     connections: int = 0
+    per_peer: dict[str, int] = field(default_factory=dict)
+    budget: _Budget | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self, host: str | None = None, port: int | None = None) -> asyncio.Server:
@@ -72,9 +106,19 @@ class ChannelListener:
                         cfg.max_connections, peer_text)
             writer.close()
             return
+        host = peer[0] if isinstance(peer, tuple) else ""
+        if self.per_peer.get(host, 0) >= cfg.max_connections_per_peer:
+            log.warning("channel %s: %s already has %d connections (max_connections_per_peer), refusing another",
+                        self.channel.name, host, cfg.max_connections_per_peer)
+            writer.close()
+            return
         self.connections += 1
-        decoder = FrameDecoder(max_frame_size=cfg.max_message_bytes)
+        self.per_peer[host] = self.per_peer.get(host, 0) + 1
+        if self.budget is None:
+            self.budget = _Budget(cfg.max_buffered_bytes)
+        decoder = BudgetedDecoder(self.budget, max_frame_size=cfg.max_message_bytes)
         idle = cfg.idle_timeout.total_seconds()
+        drain = cfg.write_timeout.total_seconds()
         try:
             while True:
                 # read_frame hands out frames that arrived together one at a time, and those before an oversized
@@ -89,15 +133,31 @@ class ChannelListener:
                         "", HL7ParseError(f"message larger than {cfg.max_message_bytes} bytes", code="100"))
                     log.warning("channel %s: frame too large from %s: %s", self.channel.name, peer_text, exc)
                     writer.write(encode(nak))
-                    await writer.drain()
+                    await asyncio.wait_for(writer.drain(), drain)
                     continue
+                except BufferBudgetExceeded:
+                    nak = build_nak_for_unparseable("", HL7ParseError(
+                        "listener busy: too many partial messages buffered; resend later", code="207"))
+                    log.warning("channel %s: buffered-bytes budget (%d) reached; closing %s", self.channel.name,
+                                cfg.max_buffered_bytes, peer_text)
+                    writer.write(encode(nak))
+                    await asyncio.wait_for(writer.drain(), drain)
+                    break
                 if frame is None:
                     break
                 writer.write(encode(await self._accept(frame, peer_text)))
-                await writer.drain()
+                await asyncio.wait_for(writer.drain(), drain)
+        except TimeoutError:
+            log.warning("channel %s: %s did not read its ACK within %gs (write_timeout); closing", self.channel.name,
+                        peer_text, drain)
+            writer.transport.abort()
         except (ConnectionError, OSError) as exc:
             log.info("channel %s: connection from %s ended: %s", self.channel.name, peer_text, type(exc).__name__)
         finally:
+            decoder.release()
+            self.per_peer[host] -= 1
+            if not self.per_peer[host]:
+                del self.per_peer[host]
             self.connections -= 1
             with contextlib.suppress(Exception):
                 writer.close()
