@@ -49,7 +49,7 @@ router = APIRouter(prefix="/api/hl7", tags=["hl7"])
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # the default MLLP max_message_bytes of a channel
 LEVELS = ("tolerant", "strict")
-TRIGGERS = ("A28", "A31")
+TRIGGERS = ("A28", "A31", "A08")
 ENGINE_REJECT_CODES = REJECT_CONDITIONS | {SEGMENT_SEQUENCE_ERROR}
 _TEXT_BODY = {
     "required": True,
@@ -309,9 +309,10 @@ def _mapping_field(reason: str, default: str) -> str:
 
 @router.post("/from-fhir", **guarded("viewer"))
 async def from_fhir(request: Request,
-                    trigger: Annotated[str, Query(description="A28 (add person) | A31 (update person)")] = "A28"
+                    trigger: Annotated[str, Query(
+                        description="A28 (add person) | A31 (update person) | A08 (update patient)")] = "A28"
                     ) -> dict[str, Any]:
-    """Build an ADT^A28 / ADT^A31 from a FHIR R4 Patient resource."""
+    """Build an ADT^A28 / A31 / A08 from a FHIR R4 Patient resource."""
     if trigger not in TRIGGERS:
         raise Problem(422, f"trigger must be one of {', '.join(TRIGGERS)}, not {trigger!r}", field="trigger")
     patient = await _json_body(request)

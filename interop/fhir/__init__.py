@@ -1,4 +1,4 @@
-"""HL7 v2 ↔ FHIR R4 mapping (v2 → transaction Bundle, Patient → ADT^A28/A31)."""
+"""HL7 v2 ↔ FHIR R4 mapping (v2 → transaction Bundle; Patient, Encounter, DiagnosticReport → v2)."""
 
 from interop.fhir.datatypes import DEFAULT_CODE_PREFIX, DEFAULT_ID_PREFIX, MappingConfig
 from interop.fhir.mapping import (
@@ -10,7 +10,7 @@ from interop.fhir.mapping import (
     supports,
     to_fhir_bundle,
 )
-from interop.fhir.reverse import patient_to_adt
+from interop.fhir.reverse import encounter_to_adt, patient_to_adt, report_to_oru
 from interop.fhir.validation import FHIR_RELEASE, validate_bundle, validate_resource
 
 __all__ = [
@@ -23,7 +23,9 @@ __all__ = [
     "MappingConfig",
     "MappingIssue",
     "MappingResult",
+    "encounter_to_adt",
     "patient_to_adt",
+    "report_to_oru",
     "supports",
     "to_fhir_bundle",
     "validate_bundle",

@@ -1,4 +1,4 @@
-"""FHIR R4 Patient → HL7 v2 ADT^A28 / ADT^A31 (add / update person information)."""
+"""FHIR R4 → HL7 v2: Patient → ADT^A28/A31/A08, Encounter → ADT^A01/A03, DiagnosticReport + Observations → ORU^R01."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from interop.errors import MappingError
 from interop.fhir import codes
 from interop.fhir.datatypes import DEFAULT_ID_PREFIX, DateError, from_fhir_datetime
+from interop.fhir.mapping.core import KEY_SYSTEM
 from interop.message import DEFAULT_SEPARATORS, escape
 
 _SEPS = DEFAULT_SEPARATORS
@@ -91,34 +92,17 @@ def _dtm(value: Any, where: str) -> str:
     try:
         return from_fhir_datetime(str(value))
     except DateError as exc:
-        raise MappingError(f"Patient.{where}: {exc}") from exc
+        raise MappingError(f"{where}: {exc}") from exc
 
 
-def patient_to_adt(
-    patient: dict[str, Any],
-    *,
-    trigger: str = "A28",
-    sending: str | tuple[str, str] = ("LIFELINE", ""),
-    receiving: str | tuple[str, str] = ("", ""),
-    control_id: str | None = None,
-    version: str = "2.5.1",
-    timestamp: datetime | None = None,
-    id_prefix: str = DEFAULT_ID_PREFIX,
-) -> str:
-    """Build an ER7 ADT^A28 / ADT^A31 (MSH, EVN, PID, PV1 class N) from a FHIR Patient dict."""
-    if trigger not in ("A28", "A31"):
-        raise MappingError(f"patient_to_adt: trigger must be A28 or A31, not {trigger!r}")
+def _pid_segment(patient: dict[str, Any], id_prefix: str) -> str:
+    """FHIR Patient → PID (identifiers, names, birth, sex, addresses, telecom, marital status, death)."""
     if patient.get("resourceType") != "Patient":
-        raise MappingError("patient_to_adt: resource is not a Patient")
+        raise MappingError("resource is not a Patient")
     identifiers = [i for i in patient.get("identifier", []) if i.get("value")]
     if not identifiers:
         raise MappingError("Patient.identifier: at least one identifier is needed for PID-3")
-    s_app, s_fac = _hd(sending)
-    r_app, r_fac = _hd(receiving)
-    now = (timestamp or datetime.now(UTC)).strftime("%Y%m%d%H%M%S%z") or ""
-    ctl = control_id or uuid.uuid4().hex[:20]
     rep, comp, field = _SEPS.repetition, _SEPS.component, _SEPS.field
-
     ssn = [i for i in identifiers if i.get("system") == codes.SSN]
     pid3 = rep.join(_cx(i, id_prefix) for i in identifiers if i not in ssn)
     if not pid3:
@@ -140,17 +124,16 @@ def patient_to_adt(
     for ext in patient.get("extension", []):
         if ext.get("url") == codes.MOTHERS_MAIDEN_NAME:
             mmn = _e(ext.get("valueString", ""))
-    death_dt = _dtm(patient.get("deceasedDateTime"), "deceasedDateTime")
+    death_dt = _dtm(patient.get("deceasedDateTime"), "Patient.deceasedDateTime")
     deceased = patient.get("deceasedBoolean")
     death_flag = "Y" if death_dt or deceased is True else ("N" if deceased is False else "")
-
     pid = [""] * 31
     pid[0] = "PID"
     pid[1] = "1"
     pid[3] = pid3
     pid[5] = names
     pid[6] = mmn
-    pid[7] = _dtm(patient.get("birthDate"), "birthDate")
+    pid[7] = _dtm(patient.get("birthDate"), "Patient.birthDate")
     pid[8] = gender
     pid[11] = addresses
     pid[13] = home
@@ -159,10 +142,199 @@ def patient_to_adt(
     pid[19] = _e(ssn[0]["value"]) if ssn else ""
     pid[29] = death_dt
     pid[30] = death_flag
+    return _join(pid, field)
+
+
+def _header(code: str, trigger: str, structure: str, sending: str | tuple[str, str],
+            receiving: str | tuple[str, str], control_id: str | None, version: str,
+            timestamp: datetime | None) -> tuple[str, str]:
+    s_app, s_fac = _hd(sending)
+    r_app, r_fac = _hd(receiving)
+    now = (timestamp or datetime.now(UTC)).strftime("%Y%m%d%H%M%S%z") or ""
+    ctl = control_id or uuid.uuid4().hex[:20]
+    comp, field = _SEPS.component, _SEPS.field
     msh = field.join([
         "MSH", _SEPS.encoding_characters, _e(s_app), _e(s_fac), _e(r_app), _e(r_fac), now, "",
-        f"ADT{comp}{trigger}{comp}ADT_A05", _e(ctl), "P", _e(version),
+        f"{code}{comp}{trigger}{comp}{structure}", _e(ctl), "P", _e(version),
     ])
-    evn = field.join(["EVN", trigger, now])
-    segments = [msh, evn, _join(pid, field), field.join(["PV1", "1", "N"])]
+    return msh, now
+
+
+def patient_to_adt(
+    patient: dict[str, Any],
+    *,
+    trigger: str = "A28",
+    sending: str | tuple[str, str] = ("LIFELINE", ""),
+    receiving: str | tuple[str, str] = ("", ""),
+    control_id: str | None = None,
+    version: str = "2.5.1",
+    timestamp: datetime | None = None,
+    id_prefix: str = DEFAULT_ID_PREFIX,
+) -> str:
+    """Build an ER7 ADT^A28 / A31 / A08 (MSH, EVN, PID, PV1 class N) from a FHIR Patient dict."""
+    if trigger not in PATIENT_TRIGGERS:
+        raise MappingError(f"patient_to_adt: trigger must be one of {', '.join(PATIENT_TRIGGERS)}, not {trigger!r}")
+    if patient.get("resourceType") != "Patient":
+        raise MappingError("patient_to_adt: resource is not a Patient")
+    pid = _pid_segment(patient, id_prefix)
+    msh, now = _header("ADT", trigger, "ADT_A01" if trigger == "A08" else "ADT_A05", sending, receiving,
+                       control_id, version, timestamp)
+    field = _SEPS.field
+    return "\r".join([msh, field.join(["EVN", trigger, now]), pid, field.join(["PV1", "1", "N"])])
+
+
+PATIENT_TRIGGERS = ("A28", "A31", "A08")
+ENCOUNTER_TRIGGERS = ("A01", "A03")
+_CLASS_V2 = {"EMER": "E", "IMP": "I", "AMB": "O", "PRENC": "P", "ACUTE": "I", "NONAC": "I", "OBSENC": "O",
+             "SS": "O", "VR": "O", "HH": "O"}
+
+
+def _visit_number(encounter: dict[str, Any], id_prefix: str) -> str:
+    idents = [i for i in encounter.get("identifier", []) if i.get("value") and i.get("system") != KEY_SYSTEM]
+    for ident in idents:
+        if any(c.get("code") == "VN" for c in (ident.get("type") or {}).get("coding", [])):
+            return _cx(ident, id_prefix)
+    return _cx(idents[0], id_prefix) if idents else ""
+
+
+def encounter_to_adt(
+    encounter: dict[str, Any],
+    patient: dict[str, Any],
+    *,
+    trigger: str = "A01",
+    sending: str | tuple[str, str] = ("LIFELINE", ""),
+    receiving: str | tuple[str, str] = ("", ""),
+    control_id: str | None = None,
+    version: str = "2.5.1",
+    timestamp: datetime | None = None,
+    id_prefix: str = DEFAULT_ID_PREFIX,
+) -> str:
+    """Build an ER7 ADT^A01 (admit) / ADT^A03 (discharge) from a FHIR Encounter and its Patient:
+    PV1-2 class, PV1-19 visit number, PV1-44/45 admit and discharge times, PV1-3 current location."""
+    if trigger not in ENCOUNTER_TRIGGERS:
+        raise MappingError(f"encounter_to_adt: trigger must be A01 or A03, not {trigger!r}")
+    if encounter.get("resourceType") != "Encounter":
+        raise MappingError("encounter_to_adt: resource is not an Encounter")
+    pid = _pid_segment(patient, id_prefix)
+    msh, now = _header("ADT", trigger, "ADT_A01" if trigger == "A01" else "ADT_A03", sending, receiving,
+                       control_id, version, timestamp)
+    klass = encounter.get("class") or {}
+    code = str(klass.get("code", ""))
+    pclass = _CLASS_V2.get(code, "") if klass.get("system") == codes.V3_ACT_CODE else _e(code)
+    period = encounter.get("period") or {}
+    end = _dtm(period.get("end"), "Encounter.period.end")
+    if trigger == "A03" and not end:
+        raise MappingError("Encounter.period.end: a discharge (A03) needs the discharge time for PV1-45")
+    current = next((loc for loc in encounter.get("location", []) if loc.get("status") in (None, "active")), None)
+    where = ""
+    if current is not None:
+        display = str((current.get("location") or {}).get("display", ""))
+        where = _e(display.split(" (")[0].split(" ")[0]) if display else ""
+    pv1 = [""] * 46
+    pv1[0], pv1[1], pv1[2], pv1[3] = "PV1", "1", pclass or "U", where
+    pv1[19] = _visit_number(encounter, id_prefix)
+    pv1[44] = _dtm(period.get("start"), "Encounter.period.start")
+    pv1[45] = end
+    field = _SEPS.field
+    return "\r".join([msh, field.join(["EVN", trigger, now]), pid, _join(pv1, field)])
+
+
+_VALUE_TYPES = (("valueQuantity", "NM"), ("valueString", "ST"), ("valueCodeableConcept", "CWE"),
+                ("valueDateTime", "DTM"), ("valueTime", "TM"))
+_STATUS_V2 = {"final": "F", "corrected": "C", "preliminary": "P", "registered": "I", "cancelled": "X",
+              "entered-in-error": "W", "amended": "C", "partial": "A"}
+
+
+def _cwe(concept: dict[str, Any]) -> str:
+    coding = (concept.get("coding") or [{}])[0]
+    system = str(coding.get("system", ""))
+    name = next((k for k, v in codes.CODING_SYSTEMS.items() if v == system), "")
+    if not name and system.startswith(codes.V2_TABLE.format(table="")):
+        name = "HL7" + system.rsplit("-", 1)[-1]
+    return _join([_e(coding.get("code", "")), _e(coding.get("display", concept.get("text", ""))), _e(name)],
+                 _SEPS.component)
+
+
+def _ei(ident: dict[str, Any] | None) -> str:
+    if not ident:
+        return ""
+    system = str(ident.get("system", ""))
+    namespace = system[len(DEFAULT_ID_PREFIX):] if system.startswith(DEFAULT_ID_PREFIX) else ""
+    if system.startswith("urn:oid:"):
+        return _join([_e(ident.get("value", "")), "", _e(system[8:]), "ISO"], _SEPS.component)
+    from urllib.parse import unquote
+
+    return _join([_e(ident.get("value", "")), _e(unquote(namespace))], _SEPS.component)
+
+
+def _obx(n: int, obs: dict[str, Any]) -> str:
+    vtype, value, unit = "", "", ""
+    for key, kind in _VALUE_TYPES:
+        if key not in obs:
+            continue
+        vtype, raw = kind, obs[key]
+        if kind == "NM":
+            value = _e(raw.get("value", ""))
+            if raw.get("comparator"):
+                vtype, value = "SN", _join([_e(raw["comparator"]), value], _SEPS.component)
+            unit = _join([_e(raw.get("code") or raw.get("unit", "")), _e(raw.get("unit", "")),
+                          "UCUM" if raw.get("system") == codes.UCUM else ""], _SEPS.component)
+        elif kind == "CWE":
+            value = _cwe(raw)
+        elif kind == "DTM":
+            value = from_fhir_datetime(str(raw))
+        else:
+            value = _e(raw).replace("\n", _SEPS.escape + ".br" + _SEPS.escape) if kind == "ST" else _e(
+                str(raw).replace(":", ""))
+        break
+    ranges = obs.get("referenceRange") or [{}]
+    flags = _SEPS.repetition.join(_e((i.get("coding") or [{}])[0].get("code", "")) for i in obs.get(
+        "interpretation", []))
+    effective = from_fhir_datetime(str(obs["effectiveDateTime"])) if obs.get("effectiveDateTime") else ""
+    obx = ["OBX", str(n), vtype, _cwe(obs.get("code") or {}), "", value, unit, _e(ranges[0].get("text", "")),
+           flags, "", "", _STATUS_V2.get(str(obs.get("status", "")), "F"), "", "", effective]
+    return _join(obx, _SEPS.field)
+
+
+def report_to_oru(
+    bundle: dict[str, Any],
+    *,
+    sending: str | tuple[str, str] = ("LIFELINE", ""),
+    receiving: str | tuple[str, str] = ("", ""),
+    control_id: str | None = None,
+    version: str = "2.5.1",
+    timestamp: datetime | None = None,
+    id_prefix: str = DEFAULT_ID_PREFIX,
+) -> str:
+    """Build an ER7 ORU^R01 from a Bundle holding a Patient, DiagnosticReport(s) and their Observations:
+    OBR-2/3 placer/filler, OBR-4 code, OBR-7 effective, OBR-22 issued, OBR-25 status; OBX per result."""
+    entries = {e.get("fullUrl"): e.get("resource", {}) for e in bundle.get("entry", [])}
+    patients = [r for r in entries.values() if r.get("resourceType") == "Patient"]
+    reports = [r for r in entries.values() if r.get("resourceType") == "DiagnosticReport"]
+    if not patients or not reports:
+        raise MappingError("Bundle: an ORU^R01 needs a Patient and a DiagnosticReport")
+    msh, _ = _header("ORU", "R01", "ORU_R01", sending, receiving, control_id, version, timestamp)
+    segments = [msh, _pid_segment(patients[0], id_prefix)]
+    field = _SEPS.field
+    for n, report in enumerate(reports, start=1):
+        def typed(kind: str, resource: dict[str, Any] = report) -> dict[str, Any] | None:
+            return next((i for i in resource.get("identifier", []) if any(
+                c.get("code") == kind for c in (i.get("type") or {}).get("coding", []))), None)
+        placer = None
+        for ref in report.get("basedOn", []):
+            request = entries.get(ref.get("reference"), {})
+            placer = typed("PLAC", request) or placer
+        filler = typed("FILL")
+        obr = [""] * 26
+        obr[0], obr[1], obr[2], obr[3] = "OBR", str(n), _ei(placer), _ei(filler)
+        obr[4] = _cwe(report.get("code") or {})
+        obr[7] = from_fhir_datetime(str(report["effectiveDateTime"])) if report.get("effectiveDateTime") else ""
+        obr[22] = from_fhir_datetime(str(report["issued"])) if report.get("issued") else ""
+        obr[25] = _STATUS_V2.get(str(report.get("status", "")), "")
+        segments.append(_join(obr, field))
+        for k, ref in enumerate(report.get("result", []), start=1):
+            obs = entries.get(ref.get("reference"))
+            if obs is None:
+                raise MappingError(f"DiagnosticReport.result[{k - 1}]: {ref.get('reference')} is not in the Bundle")
+            segments.append(_obx(k, obs))
     return "\r".join(segments)

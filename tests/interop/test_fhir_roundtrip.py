@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from interop.errors import MappingError
-from interop.fhir import patient_to_adt, to_fhir_bundle
+from interop.fhir import encounter_to_adt, patient_to_adt, report_to_oru, to_fhir_bundle
 from interop.fhir.datatypes import DateError, from_fhir_datetime, to_date, to_datetime, to_instant
 from interop.message import parse
 from tests.fixtures import load
@@ -33,7 +33,7 @@ def identifiers(patient: dict[str, Any]) -> set[tuple[str, str]]:
     return {(i["system"], i["value"]) for i in patient["identifier"]}
 
 
-@pytest.mark.parametrize("trigger", ["A28", "A31"])
+@pytest.mark.parametrize("trigger", ["A28", "A31", "A08"])
 def test_patient_round_trip(trigger: str) -> None:
     text = patient_to_adt(PATIENT, trigger=trigger, sending=("LIFELINE", "HUB"), receiving=("PAS", "STMARY"),
                           control_id="RT-1", timestamp=datetime(2024, 6, 1, 8, 30, tzinfo=UTC))
@@ -63,7 +63,7 @@ def test_round_trip_of_a_mapped_fixture_patient() -> None:
 
 
 def test_patient_to_adt_rejects_bad_input() -> None:
-    with pytest.raises(MappingError, match="A28 or A31"):
+    with pytest.raises(MappingError, match="A28, A31, A08"):
         patient_to_adt(PATIENT, trigger="A01")
     with pytest.raises(MappingError, match="identifier"):
         patient_to_adt({"resourceType": "Patient"})
@@ -91,3 +91,56 @@ def test_dates_without_offset_and_invalid_dates() -> None:
             to_datetime(bad, None)
     assert from_fhir_datetime("2024-03-12T09:30:15+01:00") == "20240312093015+0100"
     assert from_fhir_datetime("1984-02-29") == "19840229"
+
+
+# -- Encounter → ADT^A01 / A03, DiagnosticReport + Observation → ORU^R01 ----------------------------------
+
+def _key_fields(encounter: dict[str, Any]) -> tuple[Any, ...]:
+    visit = next(((i["system"], i["value"]) for i in encounter["identifier"]
+                  if i.get("type", {}).get("coding", [{}])[0].get("code") == "VN"), None)
+    return (encounter["class"]["code"], visit, encounter.get("period"), encounter["status"])
+
+
+@pytest.mark.parametrize(("fixture", "trigger"), [("map_adt_a01_full", "A01"), ("adt_a03_25_discharge", "A03")])
+def test_encounter_round_trip(fixture: str, trigger: str) -> None:
+    first = to_fhir_bundle(parse(load(fixture)))
+    encounter, patient = first.resources("Encounter")[0], first.resources("Patient")[0]
+    text = encounter_to_adt(encounter, patient, trigger=trigger, control_id="RT-E",
+                            timestamp=datetime(2024, 6, 1, 8, 30, tzinfo=UTC))
+    message = parse(text)
+    assert message.message_type == f"ADT^{trigger}"
+    again = to_fhir_bundle(message)
+    assert _key_fields(again.resources("Encounter")[0]) == _key_fields(encounter)
+    assert identifiers(again.resources("Patient")[0]) == identifiers(patient)
+
+
+def test_encounter_to_adt_rejects_bad_input() -> None:
+    first = to_fhir_bundle(parse(load("map_adt_a01_full")))
+    encounter, patient = first.resources("Encounter")[0], first.resources("Patient")[0]
+    with pytest.raises(MappingError, match="period.end"):
+        encounter_to_adt({**encounter, "period": {"start": "2024-06-01"}}, patient, trigger="A03")
+    with pytest.raises(MappingError, match="A01 or A03"):
+        encounter_to_adt(encounter, patient, trigger="A02")
+
+
+def _observations(result: Any) -> dict[str, tuple[Any, ...]]:
+    out = {}
+    for obs in result.resources("Observation"):
+        value = obs.get("valueQuantity", {}).get("value"), obs.get("valueQuantity", {}).get("comparator"), \
+            obs.get("valueString"), (obs.get("valueCodeableConcept") or {}).get("coding", [{}])[0].get("code")
+        out[obs["code"]["coding"][0]["code"]] = (obs["status"], *value, obs.get("effectiveDateTime"))
+    return out
+
+
+def test_report_round_trip() -> None:
+    first = to_fhir_bundle(parse(load("oru_r01_251_nm_ref_ranges")))
+    text = report_to_oru(first.bundle, control_id="RT-R", timestamp=datetime(2024, 6, 1, 8, 30, tzinfo=UTC))
+    message = parse(text)
+    assert message.message_type == "ORU^R01"
+    again = to_fhir_bundle(message)
+    report, back = first.resources("DiagnosticReport")[0], again.resources("DiagnosticReport")[0]
+    assert (back["code"]["coding"][0]["code"], back["status"], back["identifier"][0]["value"]) == (
+        report["code"]["coding"][0]["code"], report["status"], report["identifier"][0]["value"])
+    assert _observations(again) == _observations(first)
+    with pytest.raises(MappingError, match="DiagnosticReport"):
+        report_to_oru({"resourceType": "Bundle", "entry": [{"resource": PATIENT}]})
