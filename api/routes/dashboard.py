@@ -31,6 +31,7 @@ from api.redact import redact
 from infra.config import LifelineConfig
 from infra.settings import Settings
 from infra.store import cases as store_cases
+from infra.store import config as config_store
 from infra.store.breakers import list_breakers
 from infra.store.deliveries import blocked_lanes, count_open_dead_letters, list_dead_letters
 from infra.store.flow import flow
@@ -215,8 +216,11 @@ async def compose_snapshot(pool: asyncpg.Pool, settings: Settings, config: Lifel
         f.pop("buckets", None)  # the sparkline data is for GET /api/flow; a 2 s snapshot stays small
         f["lanes_blocked"] = blocked_by_dest.get(f["destination"], 0)
         f["breaker"] = breaker.get(f["destination"], "closed")
+    version, routed_with = await config_store.channel_versions(pool, org, WINDOW_S)
     for c in channels.values():
         c.pop("buckets", None)
+        c["config_version"] = version  # None: the process runs on its file, no stored version
+        c["routed_with"] = routed_with.get(c["channel"])  # the newest version its recent messages were routed with
 
     open_cases = []
     for r in cases:

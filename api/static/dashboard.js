@@ -82,7 +82,11 @@
       el('td', { class: 'num', text: fmtInt(c.received) }),
       el('td', { class: `num ${c.rejected ? 'warn' : ''}`, text: fmtInt(c.rejected) }),
       el('td', { class: 'num', text: fmtRate(c.rate && c.rate.per_minute) }),
-      el('td', { class: 'num', text: fmtInt(c.outbox_depth) })));
+      el('td', { class: 'num', text: fmtInt(c.outbox_depth) }),
+      el('td', { class: 'num', 'data-config-version': c.config_version == null ? '' : String(c.config_version) },
+        c.config_version == null ? 'file' : `v${c.config_version}`,
+        c.routed_with != null && c.routed_with !== c.config_version
+          ? el('span', { class: 'muted', text: ` (routing v${c.routed_with})` }) : '')));
 
     fill('flows', s.flows, (f) => {
       const p95 = f.latency && f.latency.end_to_end ? f.latency.end_to_end.p95_ms : null;

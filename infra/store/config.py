@@ -92,3 +92,13 @@ async def add_version(pool: asyncpg.Pool, org: str, document: dict[str, Any], au
             org, (newest or 0) + 1, document, author, comment, restored_from)
         await conn.execute("select pg_notify($1, $2)", CONFIG_CHANNEL, org)
     return _row(r)
+
+
+async def channel_versions(conn: asyncpg.Pool | asyncpg.Connection, org: str,
+                           window_s: float = 300.0) -> tuple[int | None, dict[str, int]]:
+    """The org's current version, and per channel the newest version its messages were routed with lately."""
+    current = await conn.fetchval("select max(version) from config_versions where org_id = $1", org)
+    rows = await conn.fetch(
+        "select channel, max(config_version) as v from messages where org_id = $1 and config_version is not null"
+        " and received_at > now() - make_interval(secs => $2) group by channel", org, window_s)
+    return current, {r["channel"]: r["v"] for r in rows}

@@ -188,6 +188,13 @@ async def test_config_versions_over_rest(pool: asyncpg.Pool, db_url: str) -> Non
         assert versions[1]["diff"] == [{"path": "destinations[lab2]", "op": "add",
                                         "to": {"name": "lab2", "mllp": {"host": "127.0.0.1", "port": 2601}}}]
         await wait_for(lambda: source.versions.get("default") == 5, timeout=10)
+        # The dashboard shows each channel's version (and, once messages flow, the version they were routed with).
+        from api.routes.dashboard import compose_snapshot
+        from tests.conftest import make_settings
+
+        snap = await compose_snapshot(pool, make_settings(database_url=db_url), source.current, "default")
+        assert [(c["channel"], c["config_version"], c["routed_with"]) for c in snap["channels"]] == [
+            ("adt-in", 5, None)]
     audit = await pool.fetch("select action, subject, detail from audit_log order by id")
     assert [a["action"] for a in audit] == ["config.change", "config.tables.put", "config.destinations.put",
                                             "config.restore"]
