@@ -97,8 +97,11 @@ async def add_version(pool: asyncpg.Pool, org: str, document: dict[str, Any], au
 async def channel_versions(conn: asyncpg.Pool | asyncpg.Connection, org: str,
                            window_s: float = 300.0) -> tuple[int | None, dict[str, int]]:
     """The org's current version, and per channel the newest version its messages were routed with lately."""
-    current = await conn.fetchval("select max(version) from config_versions where org_id = $1", org)
-    rows = await conn.fetch(
-        "select channel, max(config_version) as v from messages where org_id = $1 and config_version is not null"
-        " and received_at > now() - make_interval(secs => $2) group by channel", org, window_s)
+    from infra.store import org_tx
+
+    async with org_tx(conn, org, readonly=True) as c:
+        current = await c.fetchval("select max(version) from config_versions where org_id = $1", org)
+        rows = await c.fetch(
+            "select channel, max(config_version) as v from messages where org_id = $1 and config_version is not null"
+            " and received_at > now() - make_interval(secs => $2) group by channel", org, window_s)
     return current, {r["channel"]: r["v"] for r in rows}
