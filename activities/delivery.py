@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -21,6 +22,7 @@ from activities.breaker import new_breakers
 from activities.http import HttpSendError, send_fhir, send_webhook
 from activities.mllp import MllpSender, SendError
 from activities.pipeline import transform
+from infra import tracing
 from infra.config import Destination, LifelineConfig
 from infra.crypto import Cipher
 from infra.live import ConfigSource
@@ -147,7 +149,8 @@ class DeliveryActivities:
                 dest = dest.model_copy(update={"mllp": dest.mllp.model_copy(update={
                     "rewrite_receiving_application": pinned_dest.mllp.rewrite_receiving_application,
                     "rewrite_receiving_facility": pinned_dest.mllp.rewrite_receiving_facility})})
-            answer = await _heartbeating(self.breakers.call(dest, lambda: self._send(dest, message, inp)))
+            answer = await _heartbeating(self.breakers.call(
+                dest, lambda: self._traced_send(dest, message, inp, attempt)))
         except SendError as exc:
             duration = int((time.monotonic() - started) * 1000)
             outcome = "permanent" if exc.permanent else "retryable"
@@ -176,6 +179,25 @@ class DeliveryActivities:
         await deliveries.record_success(self.pool, inp.org_id, inp.message_id, inp.destination, attempt,
                                         answer[:1000], duration, row["received_at"])
         return DeliverActivityResult(attempts=attempt, peer_answer=answer[:200], latency_ms=duration)
+
+    async def _traced_send(self, dest: Destination, message: Message, inp: DeliverActivityInput,
+                           attempt: int) -> str:
+        """One send as a CLIENT span (ids and types only) ending with the peer's answer."""
+        with tracing.tracer().start_as_current_span(f"{dest.kind}.send", kind=SpanKind.CLIENT, attributes={
+                "lifeline.message_id": inp.message_id, "lifeline.destination": dest.name,
+                "lifeline.destination_kind": dest.kind, "hl7.message_type": message.message_type,
+                "lifeline.attempt": attempt}) as span:
+            try:
+                answer = await self._send(dest, message, inp)
+            except SendError as exc:
+                span.set_status(Status(StatusCode.ERROR, exc.error_class))
+                span.set_attribute("lifeline.error_class", exc.error_class)
+                if dest.mllp is not None and _ack_code(exc.peer_answer):
+                    span.set_attribute("hl7.ack_code", _ack_code(exc.peer_answer))
+                raise
+            if dest.mllp is not None:
+                span.set_attribute("hl7.ack_code", _ack_code(answer))
+            return answer
 
     async def _send(self, dest: Destination, message: Message, inp: DeliverActivityInput) -> str:
         if dest.mllp is not None:
@@ -248,3 +270,9 @@ def _delay(seconds: float | None) -> Any:
     from datetime import timedelta
 
     return timedelta(seconds=seconds) if seconds else None
+
+
+def _ack_code(answer: str) -> str:
+    """The ACK code leading an MLLP answer summary ('AA', 'AE ERR 207 ...'): a type, safe as a span attribute."""
+    code = answer.split(" ", 1)[0][:2]
+    return code if code in ("AA", "AE", "AR", "CA", "CE", "CR") else ""

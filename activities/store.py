@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from infra import tracing
 from infra.config import Channel
 from infra.crypto import Cipher
 from infra.store import messages
@@ -83,7 +84,7 @@ async def _insert(pool: Db, cipher: Cipher, message_id: str, channel: Channel, m
         content_hash, len(body.encode()), cipher.key_id,
         cipher.encrypt(body.encode(), aad=message_id.encode()), findings, ack_code, source, peer,
     )
-    stored = await messages.insert_message(pool, channel.org, values)
+    stored = await messages.insert_message(pool, channel.org, values, trace_context=tracing.current_context())
     if stored is not None:
         return stored
     existing = await messages.find_resend(pool, channel.org, channel.name, values[9], values[10], values[7],

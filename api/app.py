@@ -32,6 +32,7 @@ from api.routes import (
     sla,
 )
 from api.routes import config as config_routes
+from infra import tracing
 from infra.config import LifelineConfig, get_config
 from infra.crypto import Cipher, EncryptionCodec, data_converter
 from infra.db import create_pool
@@ -53,7 +54,7 @@ def temporal_connector(settings: Settings, cipher: Cipher) -> Callable[[], Await
             if not holder:
                 holder.append(await Client.connect(
                     settings.temporal_address, namespace=settings.temporal_namespace,
-                    data_converter=data_converter(cipher)))
+                    data_converter=data_converter(cipher), interceptors=tracing.client_interceptors()))
         return holder[0]
 
     return get
@@ -129,4 +130,5 @@ def create_app(settings: Settings | None = None, config: LifelineConfig | None =
     app.include_router(sla.router)
     app.include_router(audit_routes.router)
     app.include_router(config_routes.router)
+    tracing.instrument_app(app)
     return app

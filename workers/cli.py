@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from infra import tracing
 from infra.config import ConfigError, LifelineConfig, load_config
 from infra.devstack import StackError
 from infra.settings import Settings
@@ -231,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.func is not cmd_up:  # `lifeline up` only supervises; its children trace themselves
+            tracing.setup(getattr(args, "command", None) or args.func.__name__.removeprefix("cmd_"))
         code: int = args.func(args)
         return code
     except ConfigError as exc:

@@ -27,6 +27,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.delivery import delivery_input
 from activities.pipeline import when_holds
+from infra import tracing
 from infra.config import Channel, Destination, LifelineConfig
 from infra.crypto import Cipher
 from infra.db import create_pool
@@ -219,7 +220,8 @@ class Dispatcher:
         if dest is None:
             raise LookupError(f"destination {row['destination']} is no longer configured")
         inp = delivery_input(dest, row["message_id"], row["org_id"], row["channel"], row["message_type"])
-        return await start_delivery(self.client, self.task_queue, inp, row["workflow_id"])
+        with tracing.continued(row["trace_context"]):  # the workflow start joins the accept's trace
+            return await start_delivery(self.client, self.task_queue, inp, row["workflow_id"])
 
     async def run(self, database_url: str, sweep_seconds: float, stop: asyncio.Event) -> None:
         wake = asyncio.Event()

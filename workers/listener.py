@@ -10,8 +10,10 @@ import ssl
 from dataclasses import dataclass, field
 
 import asyncpg
+from opentelemetry.trace import Span, SpanKind
 
 from activities.store import DEFAULT_LIMITS, accept
+from infra import tracing
 from infra.config import Channel, LifelineConfig
 from infra.crypto import Cipher
 from infra.db import create_pool
@@ -163,9 +165,19 @@ class ChannelListener:
                 writer.close()
 
     async def _accept(self, frame: bytes, peer: str | None) -> str:
+        with tracing.tracer().start_as_current_span("mllp.accept", kind=SpanKind.SERVER, attributes={
+                "lifeline.channel": self.channel.name, "lifeline.org": self.channel.org,
+                "messaging.message.body.size": len(frame)}) as span:
+            ack = await self._accept_traced(frame, peer, span)
+            return ack
+
+    async def _accept_traced(self, frame: bytes, peer: str | None, span: Span) -> str:
         try:
             result = await accept(self.pool, self.cipher, self.channel, frame, source="mllp", peer=peer,
                                   limits=self.limits)
+            if span.is_recording():  # ids and types only
+                span.set_attributes({"lifeline.message_id": result.message_id, "lifeline.status": result.status,
+                                     "hl7.ack_code": result.ack_code, "lifeline.duplicate": result.duplicate})
             return result.ack
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # Not stored, so not acknowledged: AE tells the sender to send it again.

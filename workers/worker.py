@@ -22,6 +22,7 @@ from activities.mllp import MllpSender
 from activities.oncall import Links, Notifier
 from activities.remediation import RemediationActivities
 from activities.sla import SlaActivities
+from infra import tracing
 from infra.config import LifelineConfig
 from infra.crypto import data_converter
 from infra.db import create_pool
@@ -87,7 +88,8 @@ async def connect_temporal(settings: Settings, *, refuse_plain: bool = False) ->
     """A client whose payloads go through the codec; a worker's refuses unencrypted payloads (refuse_plain)."""
     cipher = settings.cipher("codec")
     return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
-                                data_converter=data_converter(cipher, refuse_plain=refuse_plain))
+                                data_converter=data_converter(cipher, refuse_plain=refuse_plain),
+                                interceptors=tracing.client_interceptors())
 
 
 # Worker tuning shared with bench/ (its bare-Temporal ceiling runs a worker with exactly these settings).

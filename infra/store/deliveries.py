@@ -311,7 +311,7 @@ async def mark_dispatched(conn: Conn, message_ids: list[str], status: str) -> No
 
 
 _READY = """
-select d.message_id, d.destination, d.org_id, d.workflow_id, m.channel, m.message_type
+select d.message_id, d.destination, d.org_id, d.workflow_id, m.channel, m.message_type, m.trace_context
 from deliveries d join messages m on m.id = d.message_id
 where d.status = 'pending' and d.replay_count = 0
   and not exists (select 1 from destination_state p where p.org_id = d.org_id

@@ -17,8 +17,8 @@ _INSERT = """
 with ins as (
     insert into messages (id, org_id, channel, status, message_type, message_code, trigger_event, control_id,
                           version, sending_app, sending_facility, content_hash, size_bytes, key_id, body_enc,
-                          findings, ack_code, source, peer)
-    values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+                          findings, ack_code, source, peer, trace_context)
+    values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $21)
     on conflict (org_id, channel, sending_app, sending_facility, control_id, content_hash)
         where status <> 'rejected' do nothing
     returning id, status
@@ -27,13 +27,13 @@ select id, case when status = 'accepted' then pg_notify($20, '') end from ins
 """
 
 
-async def insert_message(db: Db, org: str, values: tuple[Any, ...]) -> str | None:
+async def insert_message(db: Db, org: str, values: tuple[Any, ...], trace_context: str | None = None) -> str | None:
     """Insert one message (columns of _INSERT $1..$19, $2 = org); None when it is a resend of a stored one.
 
     The row and the dispatcher's wake-up commit together, before the ACK is sent.
     """
     async with org_tx(db, org) as c:
-        row = await c.fetchrow(_INSERT, *values, OUTBOX_CHANNEL)
+        row = await c.fetchrow(_INSERT, *values, OUTBOX_CHANNEL, trace_context)
     return None if row is None else str(row["id"])
 
 
