@@ -234,6 +234,8 @@ class RemediationCaseWorkflow:
                               actor=s.approver or "lifeline")
         else:
             await self._escalate(inp, outcome)
+            if inp.cooldown_s > 0 and workflow.patched(PATCH_CASE_COOLDOWN):
+                await self._hold_open(inp)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return s
 
@@ -267,6 +269,28 @@ class RemediationCaseWorkflow:
                                             diagnosis)
             if outcome != "resolved":
                 return outcome
+
+    async def _hold_open(self, inp: CaseInput) -> None:
+        """An escalated case stays open while the problem keeps coming back (evidence within cooldown_s of the last),
+        counting the recurrences as flapping evidence, so a flapping subject stays one case for the person."""
+        s = self._state
+        assert s is not None
+        while True:
+            self._cooling_since = workflow.now()
+            self._recurred = False
+            try:
+                await workflow.wait_condition(lambda: self._recurred, timeout=timedelta(seconds=inp.cooldown_s))
+            except TimeoutError:
+                self._cooling_since = None
+                return
+            s.recurrences += 1
+            summary = (f"flapping: {inp.subject} still failing after escalation; came back {s.recurrences} time(s) "
+                       f"(the case stays open until {inp.cooldown_s:g}s pass without it)")
+            self._add_evidence(Evidence(kind=inp.kind, subject=inp.subject, observed_at=workflow.now().isoformat(),
+                                        summary=summary, signature="flapping",
+                                        metrics={"recurrences": float(s.recurrences)}))
+            if s.recurrences == 1 or s.recurrences % 10 == 0:
+                await self._stage("escalated", summary)
 
     async def _escalate(self, inp: CaseInput, why: str) -> None:
         s = self._state

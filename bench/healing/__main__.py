@@ -36,7 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--only", help="comma-separated fault names")
     p.add_argument("--out", type=Path, default=RESULTS / "healing")
+    p.add_argument("--combine", type=Path, nargs="+", help="merge these reports (e.g. one run per mode) into --out")
     args = p.parse_args(argv)
+    if args.combine:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        parts = [json.loads(f.read_text()) for f in args.combine]
+        report = {"started_at": min(x["started_at"] for x in parts), "seconds": sum(x["seconds"] for x in parts),
+                  "results": [r for x in parts for r in x["results"]], "load": parts[0]["load"],
+                  "runs": [{"started_at": x["started_at"], "seconds": x["seconds"], "load": x["load"]}
+                           for x in parts]}
+        args.out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+        args.out.with_suffix(".md").write_text(render_markdown(report))
+        print(render_markdown(report))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("temporalio", "httpx", "asyncpg", "lifeline", "tests.e2e"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

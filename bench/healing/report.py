@@ -19,13 +19,25 @@ def render_markdown(r: dict[str, Any]) -> str:
            "fake Cloverleaf hcicmd of tests/emulators. The on-call person is simulated: it approves whatever waits "
            "for approval, one second after it appears, and the table records that it had to.",
            f"Machine: {load['nproc']} cores shared with other work; load average at start "
-           f"{load['loadavg_at_start']}, at end {load['loadavg_at_end']}.", "",
+           f"{load['loadavg_at_start']}, at end {load['loadavg_at_end']}."
+           + "".join(f" Run {i}: {x['started_at']}, {x['seconds']} s, load {x['load']['loadavg_at_start']} → "
+                     f"{x['load']['loadavg_at_end']}." for i, x in enumerate(r.get("runs", []), 1)), "",
            "detect = fault injected → case opened; repair = fixable (injection, or the peer/sender fixed) → case "
-           "resolved; lost = ACKed but never delivered.", "",
+           "resolved or remediated-and-cooling-down (– when the case escalated); undelivered = ACKed (so stored: "
+           "an AA is sent only after the commit) but not delivered when the scenario ended — held by a paused "
+           "destination or still queued for a slow peer, not lost.", "",
            "| fault | mode | detect (s) | signature (right?) | actions (by) | approval needed | repair (s) | stage "
-           "| lost | notes |",
+           "| undelivered | notes |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for x in rows:
+        # Right = the case's diagnosis signature starts with the expected one (recomputed so old runs read alike).
+        x["diagnosis_right"] = bool(x.get("signature") and x["signature"].startswith(x["expected_signature"]))
+        # Repaired = resolved (or remediated and cooling down); measured from when it became fixable, or from the
+        # detection when the case was resolved before the fault ended (a flapping peer that was up at the time).
+        if x.get("stage") not in ("resolved", "cooling_down"):
+            x["repair_s"] = None
+        elif x.get("repair_s") is not None and x["repair_s"] < 0 and x.get("detect_s") is not None:
+            x["repair_s"] = round(x["resolved_after_s"] - x["detect_s"], 1)
         actions = ", ".join(f"{a['action']} {a['outcome']} ({a['by']})" for a in x.get("actions", [])) or "none"
         approvals = ", ".join(f"{a['action']} ({a['safety']})" for a in x.get("approvals", [])) or "no"
         notes = list(x.get("notes", []))
@@ -33,6 +45,8 @@ def render_markdown(r: dict[str, Any]) -> str:
             notes.append(f"breach at {_s(x.get('breach_s'))} s, forecast lead {_s(x.get('forecast_lead_s'))} s")
         if x.get("case_runs", 1) != 1:
             notes.append(f"{x.get('case_runs')} case runs")
+        if x.get("recurrences"):
+            notes.append(f"{x['recurrences']} recurrence(s) in the same case (flapping evidence)")
         if x.get("other_cases"):
             notes.append("also opened: " + ", ".join(c.split(":", 2)[-1] for c in x["other_cases"]))
         right = "yes" if x["diagnosis_right"] else f"no, expected {x['expected_signature']}"
@@ -51,6 +65,6 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"- **{mode}**: detected {len(det)}/{len(xs)}, within 20 s {sum(1 for d in det if d <= 20)}/{len(xs)}; "
             f"diagnosis right {sum(1 for x in xs if x['diagnosis_right'])}/{len(xs)}; safe-fix faults repaired "
             f"{len(rep)}/{len(safe)}, within 60 s {sum(1 for v in rep if v <= 60)}/{len(safe)}; destructive "
-            f"actions without approval {sum(x['destructive_without_approval'] for x in xs)}; messages lost "
-            f"{sum(x['lost'] for x in xs)}.")
+            f"actions without approval {sum(x['destructive_without_approval'] for x in xs)}; ACKed messages "
+            f"undelivered when the scenario ended {sum(x['lost'] for x in xs)}.")
     return "\n".join(out) + "\n"

@@ -64,7 +64,7 @@ SPECS = [
          f.engine_fault, subject="", ctx=f.rhapsody_ctx),
     Spec("cloverleaf_down", "Cloverleaf thread down", "engine_channel_stopped", "engine:STOPPED", False,
          f.engine_fault, subject="", ctx=f.cloverleaf_ctx),
-    Spec("backlog_surge", "backlog surge (5x normal rate, SLA backlog age 20 s)", "backlog", "forecast", True,
+    Spec("backlog_surge", "backlog surge (5x normal rate, SLA backlog age 20 s)", "backlog", "backlog", True,
          f.backlog_surge, dest={"ordering": "destination"},
          top={"sla": [{"name": "lab-age", "destination": "lab", "max_backlog_age": "20s", "p95_latency": None,
                        "min_success_rate": None}]}),
@@ -180,6 +180,9 @@ async def run_one(rig: Rig, spec: Spec, mode: str, tmp: Path) -> dict[str, Any]:
     opened = _ts(final.opened_at) if final is not None else None
     detected = first_seen or opened
     resolved = _ts(final.resolved_at) if final is not None else None
+    if final is not None and final.stage == "cooling_down":  # remediated and verified; open through its cool-down
+        cooling = [h for h in final.history if " cooling_down" in h]
+        resolved = _ts(cooling[0].split(" ", 1)[0]) if cooling else None
     signature = final.diagnosis.signature if final is not None and final.diagnosis is not None else None
     attempts = final.attempts if final is not None else []
     destructive_unapproved = [a for a in attempts if ACTION_SAFETY.get(a.get("action", "")) == "destructive"
@@ -191,10 +194,13 @@ async def run_one(rig: Rig, spec: Spec, mode: str, tmp: Path) -> dict[str, Any]:
         "signature": signature,
         "diagnosis_right": bool(signature and signature.startswith(spec.expect)),
         "stage": final.stage if final is not None else None,
+        "recurrences": final.recurrences if final is not None else 0,
+        "first_evidence_signature": final.evidence[0].signature if final is not None and final.evidence else None,
         "actions": [{"action": a.get("action"), "outcome": a.get("outcome"), "by": a.get("by")} for a in attempts],
         "approvals": approvals,
         "destructive_without_approval": len(destructive_unapproved),
-        "repair_s": round(resolved - fixable, 1) if resolved else None,
+        "repair_s": (round(resolved - (fixable if fixable <= resolved else (detected or t0)), 1)
+                     if resolved else None),
         "resolved_after_s": round(resolved - t0, 1) if resolved else None,
         "acked": len(run.acked),
         "lost": len(set(run.acked) - set(run.peer.received)) if run.peer is not None else 0,

@@ -305,3 +305,19 @@ async def test_flapping_keeps_one_case_shows_it_and_escalates_after_the_attempt_
     assert "came back 3 time(s)" in flapping[-1].summary
     assert any("flapping" in h for h in state.history)
     assert fakes.stages.count("detected") == 1  # never reopened as a new case
+
+
+async def test_escalated_case_stays_open_while_the_problem_keeps_coming_back(rig: tuple[Client, Fakes, str]) -> None:
+    client, fakes, tq = rig
+    fakes.diagnosis = Diagnosis("refused", "down", 0.9, actions=proposed("reconnect"))
+    fakes.fixes = set()  # nothing verifies: the case escalates
+    subj = subject()
+    handle = await open_case(client, tq, "destination_down", subj, cooldown_s=300.0, max_attempts=1)
+    await until(handle, lambda s: s.stage == "escalated")
+    for n in (1, 2):
+        await handle.signal(SIGNAL_EVIDENCE, Evidence("destination_down", subj, FUTURE, "down again", {}, "refused"))
+        await until(handle, lambda s, n=n: s.recurrences == n)
+    state = await handle.result()  # quiet for the cool-down: the case closes, escalated, one run
+    assert state.stage == "escalated" and state.recurrences == 2
+    assert [e.signature for e in state.evidence][-1] == "flapping"
+    assert fakes.actions == ["reconnect"] and fakes.stages.count("detected") == 1
