@@ -10,7 +10,7 @@ from interop.fhir.mapping import (
     supports,
     to_fhir_bundle,
 )
-from interop.fhir.reverse import encounter_to_adt, patient_to_adt, report_to_oru
+from interop.fhir.reverse import encounter_to_adt, patient_to_adt, report_to_oru, request_to_order
 from interop.fhir.validation import FHIR_RELEASE, validate_bundle, validate_resource
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "encounter_to_adt",
     "patient_to_adt",
     "report_to_oru",
+    "request_to_order",
     "supports",
     "to_fhir_bundle",
     "validate_bundle",

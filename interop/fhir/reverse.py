@@ -338,3 +338,88 @@ def report_to_oru(
                 raise MappingError(f"DiagnosticReport.result[{k - 1}]: {ref.get('reference')} is not in the Bundle")
             segments.append(_obx(k, obs))
     return "\r".join(segments)
+
+
+REQUEST_MESSAGES = ("ORM", "OML")
+_ORDER_CONTROL = {"active": "NW", "revoked": "CA", "on-hold": "HD", "completed": "SC", "entered-in-error": "OC",
+                  "draft": "NW"}
+_ORDER_STATUS = {"active": "IP", "completed": "CM", "revoked": "CA", "on-hold": "HD", "entered-in-error": "ER"}
+_PRIORITY_V2 = {"stat": "S", "asap": "A", "routine": "R", "urgent": "P"}
+
+
+def _xcn(practitioner: dict[str, Any], display: str) -> str:
+    ident: dict[str, Any] = next((i for i in practitioner.get("identifier", []) if i.get("system") != KEY_SYSTEM), {})
+    name = (practitioner.get("name") or [{}])[0]
+    given = list(name.get("given", []))
+    if not name and display:
+        parts = display.split()
+        name, given = {"family": parts[-1]}, parts[:-1]
+    authority = ""
+    system = str(ident.get("system", ""))
+    if system.startswith("urn:oid:"):
+        authority = _join(["", _e(system[8:]), "ISO"], _SEPS.subcomponent)
+    elif system.startswith(DEFAULT_ID_PREFIX):
+        from urllib.parse import unquote
+
+        authority = _e(unquote(system[len(DEFAULT_ID_PREFIX):]))
+    return _join([_e(ident.get("value", "")), _e(name.get("family", "")), _e(given[0]) if given else "",
+                  _e(" ".join(given[1:])), "", _e(" ".join(name.get("prefix", []))), "", "", authority],
+                 _SEPS.component)
+
+
+def request_to_order(
+    bundle: dict[str, Any],
+    *,
+    message: str = "ORM",
+    sending: str | tuple[str, str] = ("LIFELINE", ""),
+    receiving: str | tuple[str, str] = ("", ""),
+    control_id: str | None = None,
+    version: str = "2.5.1",
+    timestamp: datetime | None = None,
+    id_prefix: str = DEFAULT_ID_PREFIX,
+) -> str:
+    """Build an ER7 ORM^O01 (ORC-7 timing) or OML^O21 (TQ1 timing) from a Bundle's Patient and
+    ServiceRequest(s): ORC-1/5 from status, ORC/OBR-2/3 placer/filler, OBR-4 code, ORC-9 authored,
+    ORC-12 requester, start and priority, notes as NTE."""
+    if message not in REQUEST_MESSAGES:
+        raise MappingError(f"request_to_order: message must be ORM or OML, not {message!r}")
+    entries = {e.get("fullUrl"): e.get("resource", {}) for e in bundle.get("entry", [])}
+    patients = [r for r in entries.values() if r.get("resourceType") == "Patient"]
+    requests = [r for r in entries.values() if r.get("resourceType") == "ServiceRequest"]
+    if not patients or not requests:
+        raise MappingError("Bundle: an order message needs a Patient and a ServiceRequest")
+    trigger, structure = ("O01", "ORM_O01") if message == "ORM" else ("O21", "OML_O21")
+    msh, _ = _header(message, trigger, structure, sending, receiving, control_id, version, timestamp)
+    segments = [msh, _pid_segment(patients[0], id_prefix)]
+    field, comp = _SEPS.field, _SEPS.component
+    for n, sr in enumerate(requests, start=1):
+        def typed(kind: str, resource: dict[str, Any] = sr) -> dict[str, Any] | None:
+            return next((i for i in resource.get("identifier", []) if any(
+                c.get("code") == kind for c in (i.get("type") or {}).get("coding", []))), None)
+        placer, filler = _ei(typed("PLAC")), _ei(typed("FILL"))
+        status = str(sr.get("status", "active"))
+        start = _dtm(sr.get("occurrenceDateTime"), "ServiceRequest.occurrenceDateTime")
+        priority = _PRIORITY_V2.get(str(sr.get("priority", "")), "")
+        requester = sr.get("requester") or {}
+        who = entries.get(requester.get("reference"), {})
+        xcn = _xcn(who, str(requester.get("display", ""))) if who.get("resourceType") == "Practitioner" or (
+            requester.get("display") and not who) else ""
+        orc = [""] * 13
+        orc[0], orc[1], orc[2], orc[3] = "ORC", _ORDER_CONTROL.get(status, "NW"), placer, filler
+        orc[5] = _ORDER_STATUS.get(status, "")
+        if message == "ORM":
+            orc[7] = _join(["", "", "", start, "", priority], comp)
+        orc[9] = _dtm(sr.get("authoredOn"), "ServiceRequest.authoredOn")
+        orc[12] = xcn
+        segments.append(_join(orc, field))
+        if message == "OML" and (start or priority):
+            segments.append(_join(["TQ1", "1", "", "", "", "", "", start, "", priority], field))
+        obr = [""] * 17
+        obr[0], obr[1], obr[2], obr[3] = "OBR", str(n), placer, filler
+        obr[4] = _cwe(sr.get("code") or {}) if sr.get("code") else ""
+        obr[7] = start
+        obr[16] = xcn
+        segments.append(_join(obr, field))
+        for k, note in enumerate(sr.get("note", []), start=1):
+            segments.append(_join(["NTE", str(k), "", _e(note.get("text", ""))], field))
+    return "\r".join(segments)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from interop.errors import MappingError
-from interop.fhir import encounter_to_adt, patient_to_adt, report_to_oru, to_fhir_bundle
+from interop.fhir import encounter_to_adt, patient_to_adt, report_to_oru, request_to_order, to_fhir_bundle
 from interop.fhir.datatypes import DateError, from_fhir_datetime, to_date, to_datetime, to_instant
 from interop.message import parse
 from tests.fixtures import load
@@ -144,3 +144,22 @@ def test_report_round_trip() -> None:
     assert _observations(again) == _observations(first)
     with pytest.raises(MappingError, match="DiagnosticReport"):
         report_to_oru({"resourceType": "Bundle", "entry": [{"resource": PATIENT}]})
+
+
+def _request_fields(result: Any) -> list[tuple[Any, ...]]:
+    return [(tuple((i["system"], i["value"]) for i in sr["identifier"]), sr["status"], sr["intent"],
+             sr.get("priority"), sr["code"]["coding"][0]["code"], sr.get("occurrenceDateTime"),
+             sr.get("requester", {}).get("display"), sr.get("note")) for sr in result.resources("ServiceRequest")]
+
+
+@pytest.mark.parametrize(("fixture", "kind"), [("orm_o01_24_radiology", "ORM"), ("oml_o21_251_lab", "OML")])
+def test_service_request_round_trip(fixture: str, kind: str) -> None:
+    first = to_fhir_bundle(parse(load(fixture)))
+    text = request_to_order(first.bundle, message=kind, control_id="RT-O",
+                            timestamp=datetime(2024, 6, 1, 8, 30, tzinfo=UTC))
+    message = parse(text)
+    assert message.message_code == kind
+    again = to_fhir_bundle(message)
+    assert _request_fields(again) == _request_fields(first)
+    with pytest.raises(MappingError, match="ORM or OML"):
+        request_to_order(first.bundle, message="ORU")
