@@ -160,6 +160,62 @@ def _configure_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--comment", help="why (kept with the version and in the audit log)")
 
 
+async def _replay(settings: Settings, org: str, ids: list[int] | None, destination: str | None,
+                  with_current_config: bool, reason: str) -> tuple[str, list[int]]:
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from infra.db import create_pool
+    from infra.store.audit import append as audit
+    from infra.store.deliveries import open_dead_letter_ids
+    from workers.worker import connect_temporal
+    from workflows.contract import ReplayInput, replay_workflow_id
+
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        found = await open_dead_letter_ids(pool, org, ids=ids, destination=destination)
+        if not found:
+            return "", []
+        client = await connect_temporal(settings)
+        actor = f"cli:{getpass.getuser()}"
+        wf_id = replay_workflow_id(f"{org}:{','.join(map(str, found))}")
+        try:
+            await client.start_workflow("ReplayWorkflow", ReplayInput(org, found, actor, with_current_config),
+                                        id=wf_id, task_queue=settings.task_queue,
+                                        static_summary=f"replay of {len(found)} dead letter(s)")
+        except WorkflowAlreadyStartedError:
+            pass
+        await audit(pool, org_id=org, actor=actor, action="dead_letters.replay", subject=wf_id,
+                    detail={"ids": found, "reason": reason, "with_current_config": with_current_config})
+    finally:
+        await pool.close()
+    return wf_id, found
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if not args.ids and not args.destination:
+        print("lifeline: replay needs dead letter ids or --destination", file=sys.stderr)
+        return 2
+    wf_id, found = asyncio.run(_replay(_settings(args), args.org, args.ids or None, args.destination,
+                                       args.with_current_config, args.reason or ""))
+    if not found:
+        print("lifeline: no open dead letter matches", file=sys.stderr)
+        return 1
+    how = "the current configuration version" if args.with_current_config else "their pinned configuration versions"
+    print(f"{wf_id}: replaying {len(found)} dead letter(s) with {how}")
+    return 0
+
+
+def _configure_replay(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ids", nargs="*", type=int, help="dead letter ids (GET /api/dead-letters)")
+    p.add_argument("--destination", help="every open dead letter of this destination")
+    p.add_argument("--org", default="default")
+    p.add_argument("--with-current-config", action="store_true",
+                   help="render with the configuration version in force now, not the one each was routed with")
+    p.add_argument("--reason", help="kept in the audit log")
+
+
+COMMANDS["replay"] = (cmd_replay, "re-deliver dead letters (ReplayWorkflow); --with-current-config re-renders with "
+                      "today's configuration", _configure_replay)
 COMMANDS["dry-run"] = (cmd_dry_run, "show what a channel's routes and steps do to a sample message; stores and "
                        "sends nothing", _configure_dry_run)
 COMMANDS["config"] = (cmd_config, "configuration versions in PostgreSQL: `config apply FILE`, `config export`",

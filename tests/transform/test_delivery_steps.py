@@ -114,18 +114,42 @@ async def test_retry_and_replay_render_with_the_pinned_version_unless_asked(
         peer.answers.clear()
         ids = {r["control_id"]: r["id"] for r in await pool.fetch(
             "select m.control_id, dl.id from dead_letters dl join messages m on m.id = dl.message_id")}
-        for control, current in (("P1", False), ("P2", True)):
-            handle = await temporal_client.start_workflow(
-                "ReplayWorkflow", ReplayInput("default", [ids[control]], "tester", with_current_config=current),
-                id=f"replay-test-{control}-{task_queue}", task_queue=task_queue)
-            await handle.result()
-            await wait_for(lambda c=control: c in peer.control_ids(), timeout=60)
+        # P1 through the workflow as the API starts it; P2 through `lifeline replay --with-current-config`.
+        handle = await temporal_client.start_workflow(
+            "ReplayWorkflow", ReplayInput("default", [ids["P1"]], "tester"),
+            id=f"replay-test-P1-{task_queue}", task_queue=task_queue)
+        await handle.result()
+        await wait_for(lambda: "P1" in peer.control_ids(), timeout=60)
+        code, out, err = await cli(db_url, temporal_client, task_queue, "replay", str(ids["P2"]),
+                                   "--with-current-config", "--reason", "re-render with v2")
+        assert code == 0 and "with the current configuration version" in out, err
+        await wait_for(lambda: "P2" in peer.control_ids(), timeout=60)
     await peer.stop()
     seen = {str(m.segment("MSH")[10]): str(m.segment("MSH")[5]) for m in peer.received}
     assert seen == {"P1": "SEEN-BY-V1", "P2": "SEEN-BY-V2", "P3": "SEEN-BY-V2"}
     versions = {c: (await delivery(pool, c)) for c in ("P1", "P2", "P3")}
     assert {c: (r["message_version"], r["config_version"]) for c, r in versions.items()} == {
         "P1": (1, 1), "P2": (1, 2), "P3": (2, 2)}
+
+
+async def cli(db_url: str, client: Client, task_queue: str, *args: str) -> tuple[int, str, str]:
+    import asyncio
+    import os
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import TEST_CODEC_KEY, TEST_JWT_SECRET, TEST_STORE_KEY
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "LIFELINE_DATABASE_URL": db_url,
+           "LIFELINE_TEMPORAL_ADDRESS": client.service_client.config.target_host, "LIFELINE_TASK_QUEUE": task_queue,
+           "LIFELINE_CODEC_KEY": TEST_CODEC_KEY, "LIFELINE_STORE_KEY": TEST_STORE_KEY,
+           "LIFELINE_JWT_SECRET": TEST_JWT_SECRET}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "workers.cli", *args, cwd=root, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 async def _status(pool: asyncpg.Pool, control: str, status: str) -> bool:
