@@ -48,7 +48,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         if x.get("recurrences"):
             notes.append(f"{x['recurrences']} recurrence(s) in the same case (flapping evidence)")
         if x.get("other_cases"):
-            notes.append("also opened: " + ", ".join(c.split(":", 2)[-1] for c in x["other_cases"]))
+            notes.append("also opened: " + ", ".join(c.split(":", 1)[1] for c in x["other_cases"]))
         right = "yes" if x["diagnosis_right"] else f"no, expected {x['expected_signature']}"
         out.append(f"| {x['title']} | {x['mode']} | {_s(x['detect_s'])} | {_s(x['signature'])} ({right}) | "
                    f"{actions} | {approvals} | {_s(x['repair_s'])} | {_s(x['stage'])} | {x['lost']} | "
