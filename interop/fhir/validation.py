@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from functools import cache
 from typing import Any
 
@@ -48,6 +49,7 @@ def validate_resource(resource: dict[str, Any]) -> None:
 CACHED_TYPES = frozenset({"Organization", "Location", "Practitioner", "PractitionerRole", "Medication"})
 _CACHE_SIZE = 4096
 _valid: dict[str, None] = {}
+_valid_lock = threading.Lock()  # the API maps in worker threads: eviction must not race
 # Stands in for each entry's resource when the Bundle envelope (fullUrl, request, type) is validated.
 _PLACEHOLDER = {"resourceType": "Basic", "code": {"text": "validated on its own"}}
 
@@ -79,9 +81,10 @@ def validate_bundle(bundle: dict[str, Any]) -> None:
         except ValidationError as exc:
             raise _entry_error(bundle, index, exc) from exc
         if key:
-            if len(_valid) >= _CACHE_SIZE:
-                _valid.pop(next(iter(_valid)))
-            _valid[key] = None
+            with _valid_lock:
+                if len(_valid) >= _CACHE_SIZE:
+                    _valid.pop(next(iter(_valid)))
+                _valid[key] = None
     envelope = {**bundle, "entry": [
         {**e, "resource": _PLACEHOLDER} if isinstance(e, dict) and isinstance(e.get("resource"), dict)
         and isinstance(e["resource"].get("resourceType"), str) else e for e in entries]}

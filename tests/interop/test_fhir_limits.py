@@ -85,3 +85,24 @@ def test_real_feed_oddities_still_make_a_valid_bundle() -> None:
     encounter = result.resources("Encounter")[0]
     assert "rank" not in encounter["diagnosis"][0]
     assert encounter["class"]["code"] == "X Y"
+
+
+def test_validation_cache_never_lets_an_invalid_resource_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    from interop.errors import MappingError
+    from interop.fhir import validation
+
+    monkeypatch.setattr(validation, "_CACHE_SIZE", 2)
+    monkeypatch.setattr(validation, "_valid", {})
+
+    def bundle_with(org: dict[str, Any]) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": "transaction", "entry": [{
+            "fullUrl": "urn:uuid:0b7e4a52-9f55-4d8b-8e0b-1a2b3c4d5e6f", "resource": org,
+            "request": {"method": "POST", "url": "Organization"}}]}
+
+    for name in ("A", "B", "C", "A"):
+        validation.validate_bundle(bundle_with({"resourceType": "Organization", "name": name}))
+    assert len(validation._valid) == 2  # bounded
+    with pytest.raises(MappingError, match=r"Organization .*active"):
+        validation.validate_bundle(bundle_with({"resourceType": "Organization", "name": "A", "active": "maybe"}))
+    with pytest.raises(MappingError, match="Bundle"):
+        validation.validate_bundle({**bundle_with({"resourceType": "Organization", "name": "A"}), "total": "many"})
