@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from api.auth import mint_token
+from api.auth import MAX_TOKEN_TTL_SECONDS, mint_token
 from infra.config import LifelineConfig
 from infra.db import migrate
 from infra.devstack import (
@@ -222,7 +222,7 @@ class Supervisor:
             for child in procs:
                 self.spawn(child, env)
             token = mint_token(jwt_secret, subject="dev-admin", org="default", roles=["admin"],
-                               ttl_seconds=30 * 24 * 3600)
+                               ttl_seconds=MAX_TOKEN_TTL_SECONDS)  # the longest a token may live
             token_file = self.data_dir / "dev-token"
             token_file.write_text(token + "\n")
             token_file.chmod(0o600)

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from api.auth import mint_token
+from api.auth import MAX_TOKEN_TTL_SECONDS, mint_token
 from api.routes.metrics import _Fixed, families
 from infra.config import LifelineConfig
 from infra.crypto import Cipher
@@ -207,7 +207,7 @@ async def test_real_prometheus_scrapes_metrics_with_a_token_file(
     # The README's way: a long-lived viewer token in a file, `authorization: {credentials_file: ...}`.
     token_file = tmp_path / "lifeline.token"
     token_file.write_text(mint_token(TEST_JWT_SECRET, subject="prometheus", org="default", roles=["viewer"],
-                                     ttl_seconds=8760 * 3600) + "\n")
+                                     ttl_seconds=MAX_TOKEN_TTL_SECONDS) + "\n")
     wrong_file = tmp_path / "wrong.token"
     wrong_file.write_text(mint_token("another-secret-" + "z" * 40, subject="prometheus", org="default",
                                      roles=["viewer"]))
