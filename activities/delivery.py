@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.breaker import new_breakers
+from activities.files import FileWriter
+from activities.files import attempt_timeout_s as file_attempt_timeout_s
 from activities.http import HttpSendError, send_fhir, send_webhook
 from activities.mllp import MllpSender, SendError
 from activities.pipeline import transform
@@ -55,6 +58,8 @@ def delivery_input(dest: Destination, message_id: str, org_id: str, channel: str
         timeout = dest.mllp.connect_timeout + dest.mllp.ack_timeout
     elif dest.fhir:
         timeout = dest.fhir.timeout
+    elif dest.file or dest.sftp:
+        timeout = timedelta(seconds=file_attempt_timeout_s(dest))
     else:
         assert dest.webhook is not None
         timeout = dest.webhook.timeout
@@ -96,6 +101,7 @@ class DeliveryActivities:
         self.mllp = mllp or MllpSender()
         self.http = http or httpx.AsyncClient()
         self.breakers = new_breakers(pool)
+        self.files = FileWriter(pool, store_cipher)
 
     @property
     def config(self) -> LifelineConfig:
@@ -208,6 +214,8 @@ class DeliveryActivities:
 
             bundle = (await asyncio.to_thread(to_fhir_bundle, message)).bundle
             return await send_fhir(self.http, dest.fhir, bundle)
+        if dest.file is not None or dest.sftp is not None:
+            return await self.files.send(dest, message.to_er7(), inp.message_id, inp.org_id)
         assert dest.webhook is not None
         payload: dict[str, Any] = {
             "message_id": inp.message_id, "destination": dest.name, "message_type": message.message_type,
@@ -267,8 +275,6 @@ async def _heartbeating(coro: Coroutine[Any, Any, str]) -> str:
 
 
 def _delay(seconds: float | None) -> Any:
-    from datetime import timedelta
-
     return timedelta(seconds=seconds) if seconds else None
 
 

@@ -38,6 +38,7 @@ from infra.db import create_pool
 from infra.settings import Settings
 from infra.store import files as fstore
 from interop.batch import BatchHeader, BatchItem, BatchSplitter, write_batch
+from workers.reconnect import until_up
 
 log = logging.getLogger("lifeline.poller")
 
@@ -471,7 +472,9 @@ def file_channels(config: LifelineConfig) -> list[Channel]:
 
 async def run_poller(settings: Settings, config: LifelineConfig, only: list[str] | None = None) -> None:
     channels = [c for c in file_channels(config) if not only or c.name in only]
-    pool = await create_pool(settings.database_url, min_size=2, max_size=settings.database_pool_max)
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)  # one INFO line per SFTP request otherwise
+    pool = await until_up("PostgreSQL", lambda: create_pool(settings.database_url, min_size=2,
+                                                            max_size=settings.database_pool_max))
     cipher = settings.cipher("store")
     spool = settings.data_dir.resolve() / "spool"
     pollers = {(c.org, c.name): FilePoller(c, pool, cipher, make_source(c, spool)) for c in channels}

@@ -59,7 +59,7 @@ create table file_batches (
     id            bigint generated always as identity primary key,
     org_id        text not null,
     destination   text not null,
-    status        text not null default 'open' check (status in ('open', 'written')),
+    status        text not null default 'open' check (status in ('open', 'sealed', 'written')), -- sealed: full
     opened_at     timestamptz not null default now(),
     messages      integer not null default 0,
     size_bytes    bigint not null default 0,
@@ -75,6 +75,8 @@ create table file_batch_items (
     org_id        text not null,
     seq           bigint not null,
     size_bytes    integer not null,
+    key_id        text not null,
+    body_enc      bytea not null,                       -- the rendered message, AES-GCM like messages.body_enc
     primary key (message_id, destination)
 );
 create index file_batch_items_batch on file_batch_items (batch_id, seq);

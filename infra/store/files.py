@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -141,3 +142,95 @@ async def file_arrival_hours(pool: asyncpg.Pool, org_id: str, channel: str, days
         " from file_ingests where org_id = $1 and channel = $2 and started_at > now() - make_interval(days => $3)"
         " order by started_at", org_id, channel, days)
     return [float(r["gap"]) for r in rows if r["gap"] is not None]
+
+
+# -- destination batches ----------------------------------------------------------------------------------------
+
+@dataclass
+class BatchState:
+    id: int
+    status: str  # open | written
+    messages: int
+    size_bytes: int
+    age_s: float
+    opened_at: datetime
+    file_name: str | None
+
+
+_BATCH_COLS = ("id, status, messages, size_bytes, extract(epoch from now() - opened_at)::float8 as age_s, opened_at,"
+               " file_name")
+
+
+def _state(r: asyncpg.Record) -> BatchState:
+    return BatchState(r["id"], r["status"], r["messages"], r["size_bytes"], r["age_s"], r["opened_at"],
+                      r["file_name"])
+
+
+async def enqueue_batch_item(pool: asyncpg.Pool, org_id: str, destination: str, message_id: str, seq: int,
+                             size: int, key_id: str, body_enc: bytes, *, max_messages: int, max_bytes: int) -> int:
+    """Put a rendered message into the destination's open batch (once: a retry finds its batch); return its id.
+    A batch that this message would take past max_messages or max_bytes is sealed and a new one opened."""
+    async with pool.acquire() as conn, conn.transaction():
+        existing = await conn.fetchval("select batch_id from file_batch_items where message_id = $1"
+                                       " and destination = $2", message_id, destination)
+        if existing is not None:
+            return int(existing)
+        while True:
+            await conn.execute("insert into file_batches (org_id, destination) values ($1, $2)"
+                               " on conflict (org_id, destination) where status = 'open' do nothing",
+                               org_id, destination)
+            # Waits while a writer holds the open batch; a batch written meanwhile no longer matches.
+            row = await conn.fetchrow("select id, messages, size_bytes from file_batches where org_id = $1"
+                                      " and destination = $2 and status = 'open' for update", org_id, destination)
+            if row is None:
+                continue
+            if row["messages"] and (row["messages"] >= max_messages or row["size_bytes"] + size > max_bytes):
+                await conn.execute("update file_batches set status = 'sealed' where id = $1", row["id"])
+                continue
+            batch_id = int(row["id"])
+            break
+        await conn.execute(
+            "insert into file_batch_items (batch_id, message_id, destination, org_id, seq, size_bytes, key_id,"
+            " body_enc) values ($1, $2, $3, $4, $5, $6, $7, $8)",
+            batch_id, message_id, destination, org_id, seq, size, key_id, body_enc)
+        await conn.execute("update file_batches set messages = messages + 1, size_bytes = size_bytes + $2,"
+                           " status = case when messages + 1 >= $3 then 'sealed' else status end"
+                           " where id = $1", batch_id, size, max_messages)
+        return batch_id
+
+
+async def batch_state(pool: asyncpg.Pool, batch_id: int) -> BatchState:
+    r = await pool.fetchrow(f"select {_BATCH_COLS} from file_batches where id = $1", batch_id)
+    assert r is not None
+    return _state(r)
+
+
+async def lock_batch_for_write(conn: Conn, batch_id: int) -> BatchState | None:
+    """Lock the batch for writing its file; None when another writer holds it."""
+    r = await conn.fetchrow(f"select {_BATCH_COLS} from file_batches where id = $1 for update skip locked", batch_id)
+    return _state(r) if r is not None else None
+
+
+async def batch_items_to_write(conn: Conn, batch_id: int) -> list[dict[str, Any]]:
+    """The batch's messages in accept order, leaving out those dead-lettered meanwhile."""
+    rows = await conn.fetch(
+        "select i.message_id, i.key_id, i.body_enc, m.channel from file_batch_items i"
+        " join deliveries d on d.message_id = i.message_id and d.destination = i.destination"
+        " join messages m on m.id = i.message_id"
+        " where i.batch_id = $1 and d.status <> 'dead_lettered' order by i.seq", batch_id)
+    return [dict(r) for r in rows]
+
+
+async def mark_batch_written(conn: Conn, batch_id: int, file_name: str, written: list[str]) -> None:
+    """The file is in place: close the batch; messages left out get free for a later batch (a replay)."""
+    await conn.execute("delete from file_batch_items where batch_id = $1 and not (message_id = any($2::text[]))",
+                       batch_id, written)
+    await conn.execute("update file_batches set status = 'written', written_at = now(), file_name = $2,"
+                       " messages = $3 where id = $1", batch_id, file_name, len(written))
+
+
+async def open_batches(pool: asyncpg.Pool, org_id: str | None = None) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "select org_id, destination, messages, size_bytes, opened_at from file_batches where status = 'open'"
+        " and ($1::text is null or org_id = $1) order by opened_at", org_id)
+    return [dict(r) for r in rows]
