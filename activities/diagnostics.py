@@ -76,6 +76,12 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...]]] = {
     "engine:errors": ("the engine channel keeps erroring", ("restart_engine_channel",)),
     "malformed": ("a sender emits malformed messages: fix at the sender (Lifeline rejects and stores them)", ()),
     "throughput": ("a channel's inbound flow dropped: the sender or its connection stopped", ()),
+    "file_source": ("the file or SFTP source cannot be polled (login, host key, connection or directory)",
+                    ("reconnect_source", "repoll_source")),
+    "file_source:silent": ("the file source stopped producing files: the sender stopped, or writes elsewhere",
+                           ("repoll_source",)),
+    "file_errors": ("files land in error/: the sender's files hold malformed messages (fix at the sender)",
+                    ("repoll_source",)),
     "unknown": ("no known signature matches the evidence", ()),
 }
 _ENGINE_CAUSES = {
@@ -153,6 +159,8 @@ class DiagnosticsActivities:
             diag, params = await self._engine(inp, parts[0], parts[1])
         elif kind_of_subject in ("destination", "lane") and parts:
             diag, params = await self._destination(inp, parts[0])
+        elif kind_of_subject == "channel" and parts and inp.kind.startswith("file_"):
+            diag, params = self._from_evidence(inp), {"channel": parts[0]}
         elif kind_of_subject == "channel" and parts:
             diag, params = await self._channel(inp, parts[0])
         else:

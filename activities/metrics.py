@@ -22,6 +22,7 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from activities.engines.base import EngineAdapter, EngineChannel
 from infra.config import Engine, LifelineConfig
 from infra.store import db_now, monitor, system_tx
+from infra.store.files import file_source_metrics
 from infra.store.flow_rates import destination_rates
 from workflows.contract import (
     CONNECTION_ERROR_CLASSES,
@@ -35,6 +36,7 @@ from workflows.contract import (
     ChannelMetrics,
     DestinationMetrics,
     EngineChannelMetrics,
+    FileSourceMetrics,
     OpenCaseInput,
     OpenCaseResult,
     SenderRejects,
@@ -95,9 +97,11 @@ class MetricsActivities:
             destinations = await self._destinations(conn, now, window)
             channels = await self._channels(conn, now, window)
             baselines = await self._baselines(conn, now, channels)
+            file_sources = [FileSourceMetrics(**r) for r in await file_source_metrics(conn, window)]
         engine_channels = await self._engines(now)
         return Snapshot(observed_at=now.isoformat(), window_s=window, destinations=destinations,
-                        channels=channels, engine_channels=engine_channels, baselines=baselines)
+                        channels=channels, engine_channels=engine_channels, baselines=baselines,
+                        file_sources=file_sources)
 
     # -- destinations ------------------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from infra.config import LifelineConfig
 from infra.store import deliveries, messages
 from infra.store.audit import append as audit
 from infra.store.deliveries import blocked_lanes, destination_metrics, open_dead_letter_ids, set_destination_paused
+from infra.store.files import request_poll, source_measure
 from workflows.contract import (
     ActionInput,
     ActionResult,
@@ -91,6 +92,10 @@ class RemediationActivities:
             result = await self._skip_heads(inp, dest)
         elif inp.action == "discard" and dest:
             result = await self._discard(inp, dest)
+        elif inp.action in ("repoll_source", "reconnect_source") and what == "channel" and parts:
+            await request_poll(self.pool, inp.org_id, parts[0], reconnect=inp.action == "reconnect_source")
+            result = ActionResult(inp.action, True, f"asked the poller of channel {parts[0]} to"
+                                  f" {'log in again and ' if inp.action == 'reconnect_source' else ''}poll now", 1)
         elif inp.action == "clear_queue":
             engine = inp.params.get("engine") or (parts[0] if what == "engine" and parts else "")
             channel = inp.params.get("channel") or (parts[1] if what == "engine" and len(parts) > 1 else "")
@@ -177,7 +182,9 @@ class RemediationActivities:
                                                  "errors": st.errors}, st.state)
         if what == "channel" and parts:
             row: Any = await messages.channel_counts_since(self.pool, inp.org_id, parts[0], since)
-            return Measurement(now.isoformat(), {"accepted": row["accepted"], "rejected": row["rejected"]})
+            values = {"accepted": row["accepted"], "rejected": row["rejected"]}
+            values.update(await source_measure(self.pool, inp.org_id, parts[0], since))
+            return Measurement(now.isoformat(), values)
         if what in ("destination", "lane") and parts:
             dest = self.config.destination(parts[0])
             blocking = dest is not None and dest.ordered and dest.on_dead_letter == "block"

@@ -410,6 +410,20 @@ class MalformedBurst(_Detector):
     rejected: int = Field(default=20, ge=1)  # rejected messages per sender and channel in the window
 
 
+class FileSourceFailing(_Detector):
+    consecutive_failures: int = Field(default=3, ge=1)  # failed polls in a row (login, host key, connection, I/O)
+
+
+class FileSourceSilent(_Detector):
+    factor: float = Field(default=3.0, gt=1)  # silent for factor x the usual gap between new files
+    min_silence: Duration = timedelta(hours=1)
+    min_samples: int = Field(default=5, ge=1)  # gaps learned before it may fire
+
+
+class FileErrorsGrowing(_Detector):
+    files: int = Field(default=1, ge=1)  # files moved to error/ in the window
+
+
 class Monitor(_Model):
     enabled: bool = True  # the flow monitor schedule (paused when false)
     interval: Duration = timedelta(seconds=15)
@@ -425,6 +439,9 @@ class Monitor(_Model):
     engine_channel_erroring: EngineChannelErroring = EngineChannelErroring()
     engine_queue_growing: EngineQueueGrowing = EngineQueueGrowing()
     malformed_burst: MalformedBurst = MalformedBurst()
+    file_source_failing: FileSourceFailing = FileSourceFailing()
+    file_source_silent: FileSourceSilent = FileSourceSilent()
+    file_errors_growing: FileErrorsGrowing = FileErrorsGrowing()
 
     @field_validator("timezone")
     @classmethod

@@ -37,7 +37,8 @@ def thresholds_from(config: LifelineConfig) -> MonitorThresholds:
         "backlog": m.backlog, "lane_blocked": m.lane_blocked, "latency_degraded": m.latency_degraded,
         "throughput_drop": m.throughput_drop, "engine_channel_stopped": m.engine_channel_stopped,
         "engine_channel_erroring": m.engine_channel_erroring, "engine_queue_growing": m.engine_queue_growing,
-        "malformed_burst": m.malformed_burst,
+        "malformed_burst": m.malformed_burst, "file_source_failing": m.file_source_failing,
+        "file_source_silent": m.file_source_silent, "file_errors_growing": m.file_errors_growing,
     }
     return MonitorThresholds(
         disabled=[k for k, d in detectors.items() if not d.enabled],
@@ -59,6 +60,11 @@ def thresholds_from(config: LifelineConfig) -> MonitorThresholds:
         forecast_horizon_s=m.backlog.forecast_horizon.total_seconds(),
         forecast_min_backlog=m.backlog.forecast_min_backlog,
         backlog_age_limits=backlog_age_limits(config),
+        file_failures=m.file_source_failing.consecutive_failures,
+        file_silent_factor=m.file_source_silent.factor,
+        file_silent_min_s=m.file_source_silent.min_silence.total_seconds(),
+        file_silent_min_samples=m.file_source_silent.min_samples,
+        file_errors_added=m.file_errors_growing.files,
     )
 
 

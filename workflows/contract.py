@@ -162,6 +162,7 @@ class ReplayProgress:
 CASE_KINDS = (
     "destination_down", "destination_rejecting", "backlog", "lane_blocked", "latency_degraded", "throughput_drop",
     "engine_channel_stopped", "engine_channel_erroring", "engine_queue_growing", "malformed_burst", "manual",
+    "file_source_failing", "file_source_silent", "file_errors_growing",
 )
 SAFETY_SAFE, SAFETY_RISKY, SAFETY_DESTRUCTIVE = "safe", "risky", "destructive"
 # Every action a case can take, with its safety class (invariant 6: destructive always waits for a person).
@@ -175,6 +176,8 @@ ACTION_SAFETY = {
     "clear_queue": SAFETY_DESTRUCTIVE,
     "skip_blocked_head": SAFETY_DESTRUCTIVE,
     "discard": SAFETY_DESTRUCTIVE,
+    "repoll_source": SAFETY_SAFE,        # a file/SFTP source polls now
+    "reconnect_source": SAFETY_SAFE,     # an SFTP source drops its connection and logs in again, then polls
 }
 SIGNAL_APPROVE_CLEAR = SIGNAL_APPROVE  # EngineRestartWorkflow reuses `approve` for queue clearing
 MONITOR_WORKFLOW_ID = "monitor:flow"
@@ -336,6 +339,11 @@ class MonitorThresholds:
     forecast_horizon_s: float = 300.0
     forecast_min_backlog: int = 10
     backlog_age_limits: dict[str, float] = field(default_factory=dict)
+    file_failures: int = 3  # failed polls in a row of a file/SFTP source
+    file_silent_factor: float = 3.0  # silent for factor x the usual gap between files...
+    file_silent_min_s: float = 3600.0  # ...and at least this long
+    file_silent_min_samples: int = 5  # gaps needed before "usual" means something
+    file_errors_added: int = 1  # files moved to error/ in the window
 
 
 @dataclass
@@ -424,6 +432,24 @@ class EngineChannelMetrics:
 
 
 @dataclass
+class FileSourceMetrics:
+    """A file or SFTP source as its poller last recorded it (names, counts and error classes only)."""
+
+    channel: str = ""
+    org_id: str = "default"
+    kind: str = "file"  # file | sftp
+    location: str = ""  # directory or sftp://user@host:port/dir
+    consecutive_failures: int = 0
+    last_error_class: str = ""  # auth | hostkey | refused | timeout | dns | connection | sftp | io
+    last_poll_age_s: float = -1.0
+    silent_s: float = -1.0  # since the last new file (-1: none yet)
+    usual_gap_s: float = 0.0  # median gap between new files over the last two weeks
+    gap_samples: int = 0
+    error_files: int = 0  # files in error/ at the last poll
+    errors_added: int = 0  # files the poller moved to error/ in the window
+
+
+@dataclass
 class Snapshot:
     observed_at: str = ""  # ISO 8601 (UTC)
     window_s: float = 300.0
@@ -431,6 +457,7 @@ class Snapshot:
     channels: list[ChannelMetrics] = field(default_factory=list)
     engine_channels: list[EngineChannelMetrics] = field(default_factory=list)
     baselines: list[Baseline] = field(default_factory=list)
+    file_sources: list[FileSourceMetrics] = field(default_factory=list)
 
 
 @dataclass

@@ -26,6 +26,7 @@ SUPPRESSED_BY: dict[str, tuple[str, ...]] = {
     "destination_down": ("backlog", "latency_degraded"),
     "lane_blocked": ("backlog",),
     "engine_channel_stopped": ("engine_queue_growing", "engine_channel_erroring"),
+    "file_source_failing": ("file_source_silent", "throughput_drop"),
 }
 
 
@@ -263,6 +264,43 @@ def engine_queue_growing(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]
     ]
 
 
+# -- file and SFTP sources ---------------------------------------------------------------------------------------
+
+def file_source_failing(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
+    return [
+        _ev("file_source_failing", channel_subject(f.channel), snap,
+            f"{f.kind} source of channel {f.channel} ({f.location}): {f.consecutive_failures} failed polls in a"
+            f" row ({f.last_error_class or 'unknown'})", f"file_source:{f.last_error_class or 'unknown'}",
+            consecutive_failures=f.consecutive_failures, error_files=f.error_files)
+        for f in snap.file_sources if f.consecutive_failures >= t.file_failures
+    ]
+
+
+def file_source_silent(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
+    out: list[Evidence] = []
+    for f in snap.file_sources:
+        if f.gap_samples < t.file_silent_min_samples or f.usual_gap_s <= 0 or f.silent_s < 0:
+            continue
+        limit = max(t.file_silent_min_s, t.file_silent_factor * f.usual_gap_s)
+        if f.silent_s > limit and f.consecutive_failures < t.file_failures:
+            out.append(_ev("file_source_silent", channel_subject(f.channel), snap,
+                           f"{f.kind} source of channel {f.channel}: no new file for {f.silent_s / 3600:.1f} h,"
+                           f" usually one every {f.usual_gap_s / 3600:.1f} h ({f.gap_samples} gaps)",
+                           "file_source:silent", silent_s=f.silent_s, usual_gap_s=f.usual_gap_s,
+                           gap_samples=f.gap_samples))
+    return out
+
+
+def file_errors_growing(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
+    return [
+        _ev("file_errors_growing", channel_subject(f.channel), snap,
+            f"{f.kind} source of channel {f.channel}: {f.errors_added} file(s) moved to error/ in"
+            f" {_minutes(snap.window_s)}, {f.error_files} there now", "file_errors",
+            errors_added=f.errors_added, error_files=f.error_files)
+        for f in snap.file_sources if f.errors_added >= t.file_errors_added
+    ]
+
+
 Detector = Callable[[Snapshot, MonitorThresholds, list[Baseline]], list[Evidence]]
 DETECTORS: dict[str, Detector] = {
     "destination_down": destination_down,
@@ -275,6 +313,9 @@ DETECTORS: dict[str, Detector] = {
     "engine_channel_erroring": engine_channel_erroring,
     "engine_queue_growing": engine_queue_growing,
     "malformed_burst": malformed_burst,
+    "file_source_failing": file_source_failing,
+    "file_source_silent": file_source_silent,
+    "file_errors_growing": file_errors_growing,
 }
 
 
@@ -300,5 +341,7 @@ def subject_orgs(snapshot: Snapshot) -> dict[str, str]:
         orgs[channel_subject(c.name)] = c.org_id
     for e in snapshot.engine_channels:
         orgs[engine_subject(e.engine, e.channel_id)] = e.org_id
+    for f in snapshot.file_sources:
+        orgs[channel_subject(f.channel)] = f.org_id
     return orgs
 

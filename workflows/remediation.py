@@ -89,6 +89,14 @@ def verify(kind: str, subject: str, start: Measurement, end: Measurement) -> tup
             return False, "started but statistics do not move while messages are queued"
         return True, "started" + (", statistics moving" if moving else "")
     if what == "channel":
+        if kind == "file_source_failing":
+            ok = b.get("source_failures", 1) == 0 and b.get("source_polled_ok", 0) > 0
+            return ok, f"{b.get('source_failures', 0):.0f} failed poll(s) in a row since the action"
+        if kind == "file_source_silent":
+            return b.get("source_files", 0) > 0, f"{b.get('source_files', 0):.0f} new file(s) since the action"
+        if kind == "file_errors_growing":
+            return (b.get("source_error_files", 0) == 0,
+                    f"{b.get('source_error_files', 0):.0f} file(s) to error/ since the action")
         if kind == "malformed_burst":
             return b.get("rejected", 0) == 0, f"{b.get('rejected', 0):.0f} rejected since the action"
         return b.get("accepted", 0) > 0, f"{b.get('accepted', 0):.0f} accepted since the action"

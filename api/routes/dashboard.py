@@ -34,6 +34,7 @@ from infra.store import cases as store_cases
 from infra.store import config as config_store
 from infra.store.breakers import list_breakers
 from infra.store.deliveries import blocked_lanes, count_open_dead_letters, list_dead_letters
+from infra.store.files import file_flow
 from infra.store.flow import flow
 from workflows.contract import ACTION_SAFETY
 
@@ -253,6 +254,7 @@ async def compose_snapshot(pool: asyncpg.Pool, settings: Settings, config: Lifel
         },
         "channels": channel_rows,
         "flows": flow_rows,
+        "files": await file_flow(pool, org, config),
         "blocked_lanes": lanes,
         "dead_letters": dead_recent,
         "cases": open_cases,

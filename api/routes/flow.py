@@ -8,11 +8,12 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.deps import CurrentUser, PoolDep, guarded
+from api.deps import ConfigDep, CurrentUser, PoolDep, guarded
 from api.problems import Problem
 from infra.config import parse_duration
 from infra.store import db_now
 from infra.store import ops as ops_store
+from infra.store.files import file_flow
 from infra.store.flow import flow
 
 router = APIRouter(prefix="/api/flow", tags=["monitoring"])
@@ -31,7 +32,7 @@ def duration_param(value: str, field: str) -> timedelta:
 
 
 @router.get("", **guarded("viewer"))
-async def get_flow(pool: PoolDep, user: CurrentUser, window: str = "5m", bucket: str = "1m",
+async def get_flow(pool: PoolDep, user: CurrentUser, config: ConfigDep, window: str = "5m", bucket: str = "1m",
                    channel: str | None = None, destination: str | None = None) -> dict[str, Any]:
     """Per channel and (channel, destination): rates, success/failure, latency per stage, peak, backlog trend."""
     w = duration_param(window, "window")
@@ -42,7 +43,9 @@ async def get_flow(pool: PoolDep, user: CurrentUser, window: str = "5m", bucket:
         raise Problem(422, "bucket must not be longer than window", field="bucket")
     if w / b > MAX_BUCKETS:
         raise Problem(422, f"window / bucket gives more than {MAX_BUCKETS} buckets", field="bucket")
-    return await flow(pool, user.org, window=w, bucket=b, channel=channel or None, destination=destination or None)
+    out = await flow(pool, user.org, window=w, bucket=b, channel=channel or None, destination=destination or None)
+    out["files"] = await file_flow(pool, user.org, config, channel or None)  # file/SFTP sources, destinations
+    return out
 
 
 class FlowSeries(BaseModel):

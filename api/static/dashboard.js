@@ -88,6 +88,20 @@
         c.routed_with != null && c.routed_with !== c.config_version
           ? el('span', { class: 'muted', text: ` (routing v${c.routed_with})` }) : '')));
 
+    const files = s.files || { sources: [], destinations: [] };
+    fill('file-sources', files.sources, (f) => el('tr', { 'data-file-source': f.channel },
+      el('td', { text: f.channel }),
+      el('td', { text: `${f.kind} ${f.location}` }),
+      el('td', { class: f.state === 'failing' ? 'bad' : '', text: f.state === 'failing'
+        ? `failing (${f.last_error_class || 'error'} ×${f.consecutive_failures})` : f.state }),
+      el('td', { class: 'num', text: fmtInt(f.files_total) }),
+      el('td', { class: `num ${f.error_files ? 'warn' : ''}`, text: fmtInt(f.error_files) }),
+      el('td', { text: f.last_file_at ? new Date(f.last_file_at).toLocaleString() : '—' })));
+    fill('file-dests', files.destinations, (d) => el('tr', { 'data-file-dest': d.destination },
+      el('td', { text: d.destination }),
+      el('td', { text: `${d.kind} ${d.location}` }),
+      el('td', { class: 'num', text: d.batched ? fmtInt(d.open_batch_messages) : '—' })));
+
     fill('flows', s.flows, (f) => {
       const p95 = f.latency && f.latency.end_to_end ? f.latency.end_to_end.p95_ms : null;
       const backlog = f.backlog || {};

@@ -9,6 +9,8 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from infra.config import LifelineConfig
+
 
 @dataclass
 class Ingest:
@@ -234,3 +236,86 @@ async def open_batches(pool: asyncpg.Pool, org_id: str | None = None) -> list[di
         "select org_id, destination, messages, size_bytes, opened_at from file_batches where status = 'open'"
         " and ($1::text is null or org_id = $1) order by opened_at", org_id)
     return [dict(r) for r in rows]
+
+
+async def file_source_metrics(conn: Conn | asyncpg.Pool, window_s: float) -> list[dict[str, Any]]:
+    """Per file/SFTP source, what the flow monitor's file detectors look at (FileSourceMetrics fields)."""
+    rows = await conn.fetch(
+        "with gaps as ("
+        "  select org_id, channel, extract(epoch from started_at - lag(started_at)"
+        "    over (partition by org_id, channel order by started_at)) as gap"
+        "  from file_ingests where started_at > now() - interval '14 days' and seen_again = 0"
+        "), usual as ("
+        "  select org_id, channel, percentile_cont(0.5) within group (order by gap)::float8 as gap,"
+        "    count(gap)::int as n from gaps where gap is not null group by 1, 2"
+        "), errs as ("
+        "  select org_id, channel, count(*)::int as n from file_ingests where outcome = 'error'"
+        "    and finished_at > now() - make_interval(secs => $1) group by 1, 2"
+        ")"
+        " select s.channel, s.org_id, s.kind, s.location, s.consecutive_failures,"
+        " coalesce(s.last_error_class, '') as last_error_class,"
+        " coalesce(extract(epoch from now() - s.last_poll_at)::float8, -1) as last_poll_age_s,"
+        " coalesce(extract(epoch from now() - s.last_file_at)::float8, -1) as silent_s,"
+        " coalesce(u.gap, 0) as usual_gap_s, coalesce(u.n, 0) as gap_samples, s.error_files,"
+        " coalesce(e.n, 0) as errors_added"
+        " from file_sources s left join usual u using (org_id, channel) left join errs e using (org_id, channel)"
+        " order by s.org_id, s.channel", window_s)
+    return [dict(r) for r in rows]
+
+
+async def source_measure(conn: Conn | asyncpg.Pool, org_id: str, channel: str, since: datetime) -> dict[str, float]:
+    """What verifies a file-source case: failures now, a good poll and new files since, error files since."""
+    row = await conn.fetchrow(
+        "select s.consecutive_failures,"
+        " (s.last_ok_at is not null and s.last_ok_at >= $3)::int as polled_ok,"
+        " (select count(*) from file_ingests f where f.org_id = $1 and f.channel = $2 and f.started_at >= $3"
+        "  and f.seen_again = 0) as files,"
+        " (select count(*) from file_ingests f where f.org_id = $1 and f.channel = $2 and f.outcome = 'error'"
+        "  and f.finished_at >= $3) as error_files"
+        " from file_sources s where s.org_id = $1 and s.channel = $2", org_id, channel, since)
+    if row is None:
+        return {}
+    return {"source_failures": float(row["consecutive_failures"]), "source_polled_ok": float(row["polled_ok"]),
+            "source_files": float(row["files"]), "source_error_files": float(row["error_files"])}
+
+
+async def request_poll(conn: Conn | asyncpg.Pool, org_id: str, channel: str, *, reconnect: bool = False) -> None:
+    """Wake the channel's poller now (NOTIFY lifeline_files); with reconnect it logs in again first."""
+    await conn.execute("select pg_notify('lifeline_files', $1)",
+                       f"{org_id}:{channel}" + (":reconnect" if reconnect else ""))
+
+
+async def file_flow(pool: asyncpg.Pool, org_id: str, config: LifelineConfig | None = None,
+                    channel: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """File and SFTP sources and destinations of an org for /api/flow and the dashboard (configured ones too)."""
+    rows = {r["channel"]: r for r in await sources(pool, org_id) if channel is None or r["channel"] == channel}
+    out_sources: list[dict[str, Any]] = []
+    configured = [c for c in (config.channels if config else []) if c.org == org_id and (c.file or c.sftp)
+                  and (channel is None or c.name == channel)]
+    for c in configured:
+        rows.setdefault(c.name, {"channel": c.name, "kind": "file" if c.file else "sftp",
+                                 "location": str(c.file.dir) if c.file else "", "files_total": 0,
+                                 "error_files": 0, "consecutive_failures": 0, "last_poll_at": None,
+                                 "last_ok_at": None, "last_file_at": None, "last_error_class": None,
+                                 "last_error": None, "org_id": org_id})
+    for r in rows.values():
+        d = dict(r)
+        d.pop("org_id", None)
+        d["state"] = ("failing" if d["consecutive_failures"] else "never polled" if d["last_poll_at"] is None
+                      else "ok")
+        out_sources.append(d)
+    batches = {r["destination"]: r for r in await open_batches(pool, org_id)}
+    out_dests: list[dict[str, Any]] = []
+    for dest in (config.destinations if config else []):
+        cfg = dest.file or dest.sftp
+        if dest.org != org_id or cfg is None:
+            continue
+        b = batches.get(dest.name)
+        out_dests.append({"destination": dest.name, "kind": dest.kind,
+                          "location": str(dest.file.dir) if dest.file else
+                          f"sftp://{dest.sftp.username}@{dest.sftp.host}:{dest.sftp.port}/"  # type: ignore[union-attr]
+                          f"{dest.sftp.dir.lstrip('/')}",  # type: ignore[union-attr]
+                          "batched": cfg.batch is not None,
+                          "open_batch_messages": b["messages"] if b else 0,
+                          "open_batch_since": b["opened_at"] if b else None})
+    return {"sources": sorted(out_sources, key=lambda s: s["channel"]), "destinations": out_dests}
