@@ -30,6 +30,7 @@ from activities.sftp import SftpError, SftpSession, atomic_put, classify, makedi
 from infra.config import Destination, FileOut, SftpOut
 from infra.crypto import Cipher
 from infra.store import files as fstore
+from infra.store import org_tx
 from interop.batch import NEWLINES, BatchHeader, batch_close, batch_open, message_lines
 
 log = logging.getLogger("lifeline.files")
@@ -117,8 +118,7 @@ class FileWriter:
         """Deliver one rendered message: its own file, or its place in a written batch file."""
         cfg: FileOut | SftpOut | None = dest.file or dest.sftp
         assert cfg is not None
-        row = await self.pool.fetchrow("select channel, received_at, control_id, seq from messages where id = $1",
-                                       message_id)
+        row = await fstore.message_file_fields(self.pool, org_id, message_id)
         assert row is not None
         if cfg.batch is None:
             name = file_name(cfg.name_template, channel=row["channel"], control_id=row["control_id"],
@@ -134,7 +134,7 @@ class FileWriter:
     async def _wait_for_batch(self, dest: Destination, cfg: FileOut | SftpOut, org_id: str, batch_id: int) -> str:
         assert cfg.batch is not None
         while True:
-            state = await fstore.batch_state(self.pool, batch_id)
+            state = await fstore.batch_state(self.pool, org_id, batch_id)
             if state.status == "written":
                 return f"written in batch {state.file_name}"
             due = state.status == "sealed" or state.age_s >= cfg.batch.max_wait.total_seconds()
@@ -148,7 +148,7 @@ class FileWriter:
     async def _flush(self, dest: Destination, cfg: FileOut | SftpOut, org_id: str, batch_id: int) -> str | None:
         """Write the batch file if nobody else is; the batch row stays locked while the file is written."""
         assert cfg.batch is not None
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with org_tx(self.pool, org_id) as conn:
             locked = await fstore.lock_batch_for_write(conn, batch_id)
             if locked is None:
                 return None  # another attempt is writing it, or has just written it

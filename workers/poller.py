@@ -37,6 +37,7 @@ from infra.crypto import Cipher
 from infra.db import create_pool
 from infra.settings import Settings
 from infra.store import files as fstore
+from infra.store import org_tx
 from interop.batch import BatchHeader, BatchItem, BatchSplitter, write_batch
 from workers.reconnect import until_up
 
@@ -367,15 +368,15 @@ class FilePoller:
             log.info("channel %s: file ingest %d seen again with the same content; not read again", channel, ing.id)
             await self.source.finish(entry.name, None if self.cfg.after == "delete" else "processed",
                                      self.cfg.done_marker)
-            await fstore.set_outcome(self.pool, ing.id, ing.outcome, seen_again=True)
+            await fstore.set_outcome(self.pool, org, ing.id, ing.outcome, seen_again=True)
             return
         if ing.status == "reading":
             if ing.next_index:
                 log.info("channel %s: resuming file ingest %d at message %d", channel, ing.id, ing.next_index)
             problems = await self._read(entry, ing)
-            accepted, rejected = await fstore.finish_ingest(self.pool, ing.id, problems)
+            accepted, rejected = await fstore.finish_ingest(self.pool, org, ing.id, problems)
         else:  # read completely before a crash, not yet moved
-            accepted, rejected = await fstore.ingest_counts(self.pool, ing.id)
+            accepted, rejected = await fstore.ingest_counts(self.pool, org, ing.id)
         await self._after(entry, ing, accepted, rejected)
 
     async def _read(self, entry: Entry, ing: fstore.Ingest) -> list[str]:
@@ -398,7 +399,7 @@ class FilePoller:
         keeps all of them or none (and one commit per run instead of per message)."""
         kind = self.source.kind
         done: list[fstore.FileMessage] = []
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with org_tx(self.pool, self.channel.org) as conn:
             for item in items:
                 res = await accept(conn, self.cipher, self.channel, item.raw, source=kind,
                                    peer=fstore.position_token(kind, ing.id, item.index))
@@ -410,7 +411,7 @@ class FilePoller:
     async def _after(self, entry: Entry, ing: fstore.Ingest, accepted: int, rejected: int) -> None:
         folder: str | None = "error" if rejected or accepted + rejected == 0 else "processed"
         if self.cfg.ack:
-            messages = await fstore.file_messages(self.pool, ing.id)
+            messages = await fstore.file_messages(self.pool, self.channel.org, ing.id)
             text = "".join(write_batch((m.ack for m in messages), BatchHeader(
                 control_id=f"ACK{ing.id}", comment=f"{accepted} accepted, {rejected} rejected"), datetime.now(UTC)))
             await self.source.write("ack", entry.name, text.encode())
@@ -420,14 +421,14 @@ class FilePoller:
             folder = None
         await self.source.finish(entry.name, folder, self.cfg.done_marker)
         outcome = folder or "deleted"
-        await fstore.set_outcome(self.pool, ing.id, outcome)
+        await fstore.set_outcome(self.pool, self.channel.org, ing.id, outcome)
         log.info("channel %s: file ingest %d done: %d accepted, %d rejected -> %s", self.channel.name, ing.id,
                  accepted, rejected, outcome)
 
     async def _error_report(self, ingest_id: int, rejected: int) -> bytes:
         lines = [f"lifeline file ingest {ingest_id}: {rejected} message(s) rejected",
                  "index\tbyte_offset\tmessage_id\tack\tcontrol_id\tproblems (segment-field: code)"]
-        for r in await fstore.rejections(self.pool, ingest_id):
+        for r in await fstore.rejections(self.pool, self.channel.org, ingest_id):
             problems = "; ".join(f"{f.get('segment')}-{f.get('field') or ''}: {f.get('code')}"
                                  for f in r["findings"] if f.get("severity") == "error")
             lines.append(f"{r['idx']}\t{r['byte_offset']}\t{r['message_id']}\t{r['ack_code']}\t{r['control_id']}"

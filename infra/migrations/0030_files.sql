@@ -80,3 +80,17 @@ create table file_batch_items (
     primary key (message_id, destination)
 );
 create index file_batch_items_batch on file_batch_items (batch_id, seq);
+
+-- Row-level security on org_id like every tenant table (migration 0010's helper; when 0010 is applied after this
+-- file on an existing database, its loop covers these tables).
+do $$
+begin
+    if exists (select 1 from pg_proc where proname = 'lifeline_enable_rls') then
+        perform lifeline_enable_rls('file_ingests');
+        perform lifeline_enable_rls('file_messages');
+        perform lifeline_enable_rls('file_sources');
+        perform lifeline_enable_rls('file_batches');
+        perform lifeline_enable_rls('file_batch_items');
+    end if;
+end
+$$;

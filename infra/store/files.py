@@ -1,4 +1,8 @@
-"""File and SFTP transports: ingests of source files (exactly once per file), source health, destination batches."""
+"""File and SFTP transports: ingests of source files (exactly once per file), source health, destination batches.
+
+Every statement runs in an org transaction (infra.store.org_tx), like the rest of the store; the flow monitor's
+file_source_metrics runs in the caller's cross-org monitor_snapshot transaction.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from infra.config import LifelineConfig
+from infra.store import Db, org_tx
 
 
 @dataclass
@@ -36,9 +40,15 @@ def position_token(source: str, ingest_id: int, idx: int) -> str:
     return f"{source}:{ingest_id}#{idx}"
 
 
-async def begin_ingest(pool: asyncpg.Pool, org_id: str, channel: str, source: str, path: str, size: int,
+async def begin_ingest(db: Db, org_id: str, channel: str, source: str, path: str, size: int,
                        content_hash: bytes) -> Ingest:
     """The ingest of this file (same path, size and content): a new one, or the one already started or done."""
+    async with org_tx(db, org_id) as conn:
+        return await _begin_ingest(conn, org_id, channel, source, path, size, content_hash)
+
+
+async def _begin_ingest(pool: Db, org_id: str, channel: str, source: str, path: str, size: int,
+                        content_hash: bytes) -> Ingest:
     row = await pool.fetchrow(
         "insert into file_ingests (org_id, channel, source, path, size_bytes, content_hash)"
         " values ($1, $2, $3, $4, $5, $6) on conflict (org_id, channel, path, size_bytes, content_hash) do nothing"
@@ -53,10 +63,7 @@ async def begin_ingest(pool: asyncpg.Pool, org_id: str, channel: str, source: st
     return Ingest(row["id"], row["status"], row["next_index"], row["next_offset"], row["outcome"])
 
 
-Conn = asyncpg.Connection | PoolConnectionProxy  # a connection inside the caller's transaction
-
-
-async def record_progress(conn: Conn, ingest_id: int, org_id: str, done: list[FileMessage],
+async def record_progress(conn: Db, ingest_id: int, org_id: str, done: list[FileMessage],
                           next_index: int, next_offset: int) -> None:
     """Record a run of stored messages and move the file's resume point past them (in the caller's transaction,
     the one that stored the messages)."""
@@ -69,52 +76,63 @@ async def record_progress(conn: Conn, ingest_id: int, org_id: str, done: list[Fi
                        ingest_id, next_index, next_offset)
 
 
-async def finish_ingest(pool: asyncpg.Pool, ingest_id: int, problems: list[str]) -> tuple[int, int]:
+async def finish_ingest(db: Db, org_id: str, ingest_id: int, problems: list[str]) -> tuple[int, int]:
     """Mark a file fully read; return (accepted, rejected)."""
-    row = await pool.fetchrow(
+    async with org_tx(db, org_id) as conn:
+        row = await conn.fetchrow(
         "with c as (select count(*) filter (where status <> 'rejected') as ok,"
         " count(*) filter (where status = 'rejected') as bad from file_messages where ingest_id = $1)"
         " update file_ingests f set status = 'done', finished_at = now(), messages = c.ok + c.bad, accepted = c.ok,"
         " rejected = c.bad, problems = $2 from c where f.id = $1 returning f.accepted, f.rejected",
-        ingest_id, problems)
+            ingest_id, problems)
     assert row is not None
     return int(row["accepted"]), int(row["rejected"])
 
 
-async def ingest_counts(pool: asyncpg.Pool, ingest_id: int) -> tuple[int, int]:
-    row = await pool.fetchrow("select accepted, rejected from file_ingests where id = $1", ingest_id)
+async def ingest_counts(db: Db, org_id: str, ingest_id: int) -> tuple[int, int]:
+    async with org_tx(db, org_id) as conn:
+        row = await conn.fetchrow("select accepted, rejected from file_ingests where id = $1", ingest_id)
     assert row is not None
     return int(row["accepted"]), int(row["rejected"])
 
 
-async def set_outcome(pool: asyncpg.Pool, ingest_id: int, outcome: str, *, seen_again: bool = False) -> None:
-    await pool.execute(
-        "update file_ingests set outcome = $2, seen_again = seen_again + $3::int where id = $1",
-        ingest_id, outcome, 1 if seen_again else 0)
+async def set_outcome(db: Db, org_id: str, ingest_id: int, outcome: str, *, seen_again: bool = False) -> None:
+    async with org_tx(db, org_id) as conn:
+        await conn.execute(
+            "update file_ingests set outcome = $2, seen_again = seen_again + $3::int where id = $1",
+            ingest_id, outcome, 1 if seen_again else 0)
 
 
-async def file_messages(pool: asyncpg.Pool, ingest_id: int) -> list[FileMessage]:
-    rows = await pool.fetch(
-        "select idx, message_id, byte_offset, status, ack_code, ack from file_messages where ingest_id = $1"
-        " order by idx", ingest_id)
+async def file_messages(db: Db, org_id: str, ingest_id: int) -> list[FileMessage]:
+    async with org_tx(db, org_id) as conn:
+        rows = await conn.fetch(
+            "select idx, message_id, byte_offset, status, ack_code, ack from file_messages where ingest_id = $1"
+            " order by idx", ingest_id)
     return [FileMessage(r["idx"], r["message_id"], r["byte_offset"], r["status"], r["ack_code"], r["ack"])
             for r in rows]
 
 
-async def rejections(pool: asyncpg.Pool, ingest_id: int) -> list[dict[str, Any]]:
+async def rejections(db: Db, org_id: str, ingest_id: int) -> list[dict[str, Any]]:
     """Rejected messages of a file with their position and findings (segment, field, code; no values)."""
-    rows = await pool.fetch(
-        "select fm.idx, fm.byte_offset, fm.message_id, fm.ack_code, m.control_id, m.findings"
-        " from file_messages fm join messages m on m.id = fm.message_id"
-        " where fm.ingest_id = $1 and fm.status = 'rejected' order by fm.idx", ingest_id)
+    async with org_tx(db, org_id) as conn:
+        rows = await conn.fetch(
+            "select fm.idx, fm.byte_offset, fm.message_id, fm.ack_code, m.control_id, m.findings"
+            " from file_messages fm join messages m on m.id = fm.message_id"
+            " where fm.ingest_id = $1 and fm.status = 'rejected' order by fm.idx", ingest_id)
     return [dict(r) for r in rows]
 
 
-async def source_polled(pool: asyncpg.Pool, org_id: str, channel: str, kind: str, location: str, *,
+async def source_polled(db: Db, org_id: str, channel: str, kind: str, location: str, *,
                         error_class: str | None = None, error: str | None = None, error_files: int | None = None,
                         new_files: int = 0) -> None:
     """Record one poll of a source: success (error_class None) or the failure it met."""
-    await pool.execute(
+    async with org_tx(db, org_id) as conn:
+        await _source_polled(conn, org_id, channel, kind, location, error_class, error, error_files, new_files)
+
+
+async def _source_polled(conn: Db, org_id: str, channel: str, kind: str, location: str, error_class: str | None,
+                         error: str | None, error_files: int | None, new_files: int) -> None:
+    await conn.execute(
         "insert into file_sources as s (org_id, channel, kind, location, last_poll_at, last_ok_at, last_file_at,"
         " files_total, error_files, consecutive_failures, last_error_class, last_error)"
         " values ($1, $2, $3, $4, now(), case when $5::text is null then now() end,"
@@ -129,21 +147,13 @@ async def source_polled(pool: asyncpg.Pool, org_id: str, channel: str, kind: str
         org_id, channel, kind, location, error_class, (error or "")[:500] or None, new_files, error_files)
 
 
-async def sources(pool: asyncpg.Pool, org_id: str | None = None) -> list[dict[str, Any]]:
-    rows = await pool.fetch(
-        "select org_id, channel, kind, location, last_poll_at, last_ok_at, last_file_at, files_total, error_files,"
-        " consecutive_failures, last_error_class, last_error from file_sources"
-        " where ($1::text is null or org_id = $1) order by org_id, channel", org_id)
+async def sources(db: Db, org_id: str) -> list[dict[str, Any]]:
+    async with org_tx(db, org_id) as conn:
+        rows = await conn.fetch(
+            "select org_id, channel, kind, location, last_poll_at, last_ok_at, last_file_at, files_total,"
+            " error_files, consecutive_failures, last_error_class, last_error from file_sources"
+            " where org_id = $1 order by channel", org_id)
     return [dict(r) for r in rows]
-
-
-async def file_arrival_hours(pool: asyncpg.Pool, org_id: str, channel: str, days: int = 14) -> list[float]:
-    """Hours between consecutive new files of a channel over the last days (the 'usually' of stopped-producing)."""
-    rows = await pool.fetch(
-        "select extract(epoch from started_at - lag(started_at) over (order by started_at)) / 3600 as gap"
-        " from file_ingests where org_id = $1 and channel = $2 and started_at > now() - make_interval(days => $3)"
-        " order by started_at", org_id, channel, days)
-    return [float(r["gap"]) for r in rows if r["gap"] is not None]
 
 
 # -- destination batches ----------------------------------------------------------------------------------------
@@ -168,11 +178,11 @@ def _state(r: asyncpg.Record) -> BatchState:
                       r["file_name"])
 
 
-async def enqueue_batch_item(pool: asyncpg.Pool, org_id: str, destination: str, message_id: str, seq: int,
+async def enqueue_batch_item(db: Db, org_id: str, destination: str, message_id: str, seq: int,
                              size: int, key_id: str, body_enc: bytes, *, max_messages: int, max_bytes: int) -> int:
     """Put a rendered message into the destination's open batch (once: a retry finds its batch); return its id.
     A batch that this message would take past max_messages or max_bytes is sealed and a new one opened."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with org_tx(db, org_id) as conn:
         existing = await conn.fetchval("select batch_id from file_batch_items where message_id = $1"
                                        " and destination = $2", message_id, destination)
         if existing is not None:
@@ -201,19 +211,20 @@ async def enqueue_batch_item(pool: asyncpg.Pool, org_id: str, destination: str, 
         return batch_id
 
 
-async def batch_state(pool: asyncpg.Pool, batch_id: int) -> BatchState:
-    r = await pool.fetchrow(f"select {_BATCH_COLS} from file_batches where id = $1", batch_id)
+async def batch_state(db: Db, org_id: str, batch_id: int) -> BatchState:
+    async with org_tx(db, org_id) as conn:
+        r = await conn.fetchrow(f"select {_BATCH_COLS} from file_batches where id = $1", batch_id)
     assert r is not None
     return _state(r)
 
 
-async def lock_batch_for_write(conn: Conn, batch_id: int) -> BatchState | None:
+async def lock_batch_for_write(conn: Db, batch_id: int) -> BatchState | None:
     """Lock the batch for writing its file; None when another writer holds it."""
     r = await conn.fetchrow(f"select {_BATCH_COLS} from file_batches where id = $1 for update skip locked", batch_id)
     return _state(r) if r is not None else None
 
 
-async def batch_items_to_write(conn: Conn, batch_id: int) -> list[dict[str, Any]]:
+async def batch_items_to_write(conn: Db, batch_id: int) -> list[dict[str, Any]]:
     """The batch's messages in accept order, leaving out those dead-lettered meanwhile."""
     rows = await conn.fetch(
         "select i.message_id, i.key_id, i.body_enc, m.channel from file_batch_items i"
@@ -223,7 +234,7 @@ async def batch_items_to_write(conn: Conn, batch_id: int) -> list[dict[str, Any]
     return [dict(r) for r in rows]
 
 
-async def mark_batch_written(conn: Conn, batch_id: int, file_name: str, written: list[str]) -> None:
+async def mark_batch_written(conn: Db, batch_id: int, file_name: str, written: list[str]) -> None:
     """The file is in place: close the batch; messages left out get free for a later batch (a replay)."""
     await conn.execute("delete from file_batch_items where batch_id = $1 and not (message_id = any($2::text[]))",
                        batch_id, written)
@@ -231,14 +242,15 @@ async def mark_batch_written(conn: Conn, batch_id: int, file_name: str, written:
                        " messages = $3 where id = $1", batch_id, file_name, len(written))
 
 
-async def open_batches(pool: asyncpg.Pool, org_id: str | None = None) -> list[dict[str, Any]]:
-    rows = await pool.fetch(
-        "select org_id, destination, messages, size_bytes, opened_at from file_batches where status = 'open'"
-        " and ($1::text is null or org_id = $1) order by opened_at", org_id)
+async def open_batches(db: Db, org_id: str) -> list[dict[str, Any]]:
+    async with org_tx(db, org_id) as conn:
+        rows = await conn.fetch(
+            "select org_id, destination, messages, size_bytes, opened_at from file_batches"
+            " where status in ('open', 'sealed') and org_id = $1 order by opened_at", org_id)
     return [dict(r) for r in rows]
 
 
-async def file_source_metrics(conn: Conn | asyncpg.Pool, window_s: float) -> list[dict[str, Any]]:
+async def file_source_metrics(conn: Db, window_s: float) -> list[dict[str, Any]]:
     """Per file/SFTP source, what the flow monitor's file detectors look at (FileSourceMetrics fields)."""
     rows = await conn.fetch(
         "with gaps as ("
@@ -263,9 +275,10 @@ async def file_source_metrics(conn: Conn | asyncpg.Pool, window_s: float) -> lis
     return [dict(r) for r in rows]
 
 
-async def source_measure(conn: Conn | asyncpg.Pool, org_id: str, channel: str, since: datetime) -> dict[str, float]:
+async def source_measure(db: Db, org_id: str, channel: str, since: datetime) -> dict[str, float]:
     """What verifies a file-source case: failures now, a good poll and new files since, error files since."""
-    row = await conn.fetchrow(
+    async with org_tx(db, org_id) as conn:
+        row = await conn.fetchrow(
         "select s.consecutive_failures,"
         " (s.last_ok_at is not null and s.last_ok_at >= $3)::int as polled_ok,"
         " (select count(*) from file_ingests f where f.org_id = $1 and f.channel = $2 and f.started_at >= $3"
@@ -279,13 +292,13 @@ async def source_measure(conn: Conn | asyncpg.Pool, org_id: str, channel: str, s
             "source_files": float(row["files"]), "source_error_files": float(row["error_files"])}
 
 
-async def request_poll(conn: Conn | asyncpg.Pool, org_id: str, channel: str, *, reconnect: bool = False) -> None:
+async def request_poll(conn: Db, org_id: str, channel: str, *, reconnect: bool = False) -> None:
     """Wake the channel's poller now (NOTIFY lifeline_files); with reconnect it logs in again first."""
     await conn.execute("select pg_notify('lifeline_files', $1)",
                        f"{org_id}:{channel}" + (":reconnect" if reconnect else ""))
 
 
-async def file_flow(pool: asyncpg.Pool, org_id: str, config: LifelineConfig | None = None,
+async def file_flow(pool: Db, org_id: str, config: LifelineConfig | None = None,
                     channel: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """File and SFTP sources and destinations of an org for /api/flow and the dashboard (configured ones too)."""
     rows = {r["channel"]: r for r in await sources(pool, org_id) if channel is None or r["channel"] == channel}
@@ -319,3 +332,11 @@ async def file_flow(pool: asyncpg.Pool, org_id: str, config: LifelineConfig | No
                           "open_batch_messages": b["messages"] if b else 0,
                           "open_batch_since": b["opened_at"] if b else None})
     return {"sources": sorted(out_sources, key=lambda s: s["channel"]), "destinations": out_dests}
+
+
+async def message_file_fields(db: Db, org_id: str, message_id: str) -> asyncpg.Record | None:
+    """What a destination file name is made of: channel, received_at, control_id, seq."""
+    async with org_tx(db, org_id) as conn:
+        row: asyncpg.Record | None = await conn.fetchrow(
+            "select channel, received_at, control_id, seq from messages where id = $1", message_id)
+        return row

@@ -56,7 +56,6 @@ async def test_10k_batch_on_sftp_reaches_the_mllp_peer_exactly_once_across_a_kil
             "known_hosts": str(known_hosts), "dir": "/outbound", "poll_interval": "300ms", "min_age": "500ms"},
             "routes": [{"to": "lab"}]}],
         "destinations": [{"name": "lab", "mllp": {"host": "127.0.0.1", "port": peer_port, "ack_timeout": "5s"},
-                          "ordering": {"key": "PID-3.1"},
                           "retry": {"initial_interval": "200ms", "maximum_interval": "1s", "maximum_attempts": 50}}],
     }))
     task_queue = f"sftp-{uuid.uuid4().hex[:8]}"
