@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from infra.config import LifelineConfig
-from infra.store import Db, org_tx
+from infra.store import org_tx
+
+if TYPE_CHECKING:
+    from infra.store import Db
 
 
 @dataclass
