@@ -69,7 +69,7 @@ async def test_batched_file_destination_closes_files_by_count_and_by_time(
         task_queue: str) -> None:
     out = tmp_path / "out"
     cfg = config({"file": {"dir": str(out), "name_template": "{destination}-{control_id}.hl7",
-                           "batch": {"max_messages": 10, "max_wait": "8s"}}})
+                           "batch": {"max_messages": 10, "max_wait": "30s"}}})
     async with running(Engine(pool, temporal_client, cfg, store_cipher, task_queue, db_url)) as eng:
         await send_mllp(eng.mllp_port, [adt(f"B{i:03d}", f"MRN{i}") for i in range(25)])
         await wait_for(lambda: sum(len(split_bytes(f.read_bytes())) for f in visible(out)) == 25, timeout=120)
@@ -77,8 +77,9 @@ async def test_batched_file_destination_closes_files_by_count_and_by_time(
                                              " from deliveries"), timeout=60)
     files = visible(out)
     sizes = [len(split_bytes(f.read_bytes())) for f in sorted(files, key=lambda f: f.stat().st_mtime)]
-    assert sum(sizes) == 25 and max(sizes) == 10  # never more than max_messages; closed by count
-    assert sizes[-1] < 10  # the last one closed by max_wait
+    assert sum(sizes) == 25 and max(sizes) <= 10  # never more than max_messages
+    assert 10 in sizes  # sealed by count
+    assert sizes[-1] == 25 % 10 or sizes[-1] < 10  # the rest written once max_wait passed
     assert sorted(controls_in(files)) == [f"B{i:03d}" for i in range(25)]
     for f in files:
         text = f.read_bytes().decode()
