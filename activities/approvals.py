@@ -36,7 +36,7 @@ class ApprovalActivities:
             principal = verify_token(self.secret, inp.token, self.issuer)
         except AuthError as exc:
             return VerifyApprovalResult(False, reason=str(exc))
-        if principal.jti and await _revoked(self.pool, principal.jti):
+        if principal.jti and await _revoked(self.pool, principal.jti, principal.org):
             return VerifyApprovalResult(False, reason="token revoked")
         if not principal.satisfies(APPROVER_ROLE):
             return VerifyApprovalResult(False, reason=f"token of {principal.subject} lacks role {APPROVER_ROLE}")
@@ -56,7 +56,7 @@ class ApprovalActivities:
         return result
 
 
-async def _revoked(pool: asyncpg.Pool, jti: str) -> bool:
+async def _revoked(pool: asyncpg.Pool, jti: str, org: str) -> bool:
     from infra.store.tokens import is_revoked
 
-    return await is_revoked(pool, jti)
+    return await is_revoked(pool, jti, org)

@@ -94,7 +94,7 @@ async def not_revoked(request: Request, principal: Principal) -> Principal:
     from infra.store.tokens import is_revoked
 
     try:
-        revoked = await is_revoked(request.app.state.pool, principal.jti, cached=True)
+        revoked = await is_revoked(request.app.state.pool, principal.jti, principal.org, cached=True)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         raise Problem(503, "cannot check token revocation: the store is unavailable") from None
     if revoked:
