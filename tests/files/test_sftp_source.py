@@ -42,7 +42,7 @@ async def upload(server: SftpServer, name: str, data: bytes, known_hosts: Path) 
                 await f.write(data)
 
 
-async def test_10k_batch_on_sftp_reaches_the_mllp_peer_exactly_once_across_a_kill_9_of_the_poller(
+async def test_large_batch_on_sftp_reaches_the_mllp_peer_exactly_once_across_a_kill_9_of_the_poller(
         tmp_path: Path, pg_server: EmbeddedPostgres, db_url: str, temporal_env: WorkflowEnvironment) -> None:
     server = SftpServer(tmp_path / "sftp-root")
     await server.start()
