@@ -28,7 +28,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 
-LIFELINE_SERVICES = {"migrate", "worker", "dispatcher", "listener", "api"}
+LIFELINE_SERVICES = {"migrate", "worker", "dispatcher", "listener", "poller", "api"}
 ONE_SHOT = {"migrate", "temporal-schema", "temporal-setup"}
 REQUIRED_SECRETS = {"LIFELINE_JWT_SECRET", "LIFELINE_STORE_KEY", "LIFELINE_CODEC_KEY"}
 # `${NAME<modifier>}` not preceded by another `$` (`$${...}` is an escaped, container-side variable).
