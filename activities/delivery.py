@@ -7,9 +7,10 @@ per message costs throughput on a one-shard Temporal server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ import httpx
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from activities.breaker import new_breakers
 from activities.files import FileWriter
@@ -29,7 +31,7 @@ from infra import tracing
 from infra.config import Destination, LifelineConfig
 from infra.crypto import Cipher
 from infra.live import ConfigSource
-from infra.store import deliveries, org_tx
+from infra.store import deliveries, lanes, org_tx
 from interop.errors import InteropError
 from interop.message import Message, parse
 from interop.transform import TransformError
@@ -88,12 +90,21 @@ def render_er7(message: Message, dest: Destination) -> str:
     return "\r".join([header, *(s.raw for s in message.segments[1:])])
 
 
+# Starts the next delivery of an ordered lane (org, destination, lane); True when the lane was dealt with.
+LaneHandoff = Callable[[str, str, str], Awaitable[bool]]
+
+
 class DeliveryActivities:
-    """Built once per worker with its clients."""
+    """Built once per worker with its clients.
+
+    `handoff`, when given, starts the next message of an ordered lane as soon as its predecessor is recorded
+    delivered, from this process (no NOTIFY → dispatcher pass → start hop); without it, or when it fails, the
+    dispatcher is woken as before.
+    """
 
     def __init__(self, pool: asyncpg.Pool, store_cipher: Cipher, config: LifelineConfig,
                  mllp: MllpSender | None = None, http: httpx.AsyncClient | None = None,
-                 source: ConfigSource | None = None) -> None:
+                 source: ConfigSource | None = None, handoff: LaneHandoff | None = None) -> None:
         self.pool = pool
         self.cipher = store_cipher
         self._config = config
@@ -102,6 +113,8 @@ class DeliveryActivities:
         self.http = http or httpx.AsyncClient()
         self.breakers = new_breakers(pool)
         self.files = FileWriter(pool, store_cipher)
+        self.handoff = handoff
+        self._handoffs: set[asyncio.Task[None]] = set()
 
     @property
     def config(self) -> LifelineConfig:
@@ -115,7 +128,8 @@ class DeliveryActivities:
     @activity.defn(name="deliver")
     async def deliver(self, inp: DeliverActivityInput) -> DeliverActivityResult:
         """Load, render and send one message to one destination; record the attempt either way."""
-        attempt = activity.info().attempt
+        info = activity.info()
+        attempt = info.attempt + inp.attempt_offset
         dest = self.config.destination(inp.destination)
         if dest is None:
             raise ApplicationError(f"destination {inp.destination!r} is not configured",
@@ -155,8 +169,8 @@ class DeliveryActivities:
                 dest = dest.model_copy(update={"mllp": dest.mllp.model_copy(update={
                     "rewrite_receiving_application": pinned_dest.mllp.rewrite_receiving_application,
                     "rewrite_receiving_facility": pinned_dest.mllp.rewrite_receiving_facility})})
-            answer = await _heartbeating(self.breakers.call(
-                dest, lambda: self._traced_send(dest, message, inp, attempt)))
+            send = self.breakers.call(dest, lambda: self._traced_send(dest, message, inp, attempt))
+            answer = await (send if info.is_local else _heartbeating(send))
         except SendError as exc:
             duration = int((time.monotonic() - started) * 1000)
             outcome = "permanent" if exc.permanent else "retryable"
@@ -182,8 +196,14 @@ class DeliveryActivities:
             raise ApplicationError(f"cannot render for {dest.kind}: {exc}", "render", type=ERR_RENDER_FAILED,
                                    non_retryable=True) from None
         duration = int((time.monotonic() - started) * 1000)
-        await deliveries.record_success(self.pool, inp.org_id, inp.message_id, inp.destination, attempt,
-                                        answer[:1000], duration, row["received_at"])
+        lane = await deliveries.record_success(self.pool, inp.org_id, inp.message_id, inp.destination, attempt,
+                                               answer[:1000], duration, row["received_at"],
+                                               notify=self.handoff is None)
+        if lane is not None and self.handoff is not None:
+            # In the background: the successor's start must not lengthen this delivery's own workflow task.
+            task = asyncio.create_task(self._hand_off(inp.org_id, inp.destination, lane))
+            self._handoffs.add(task)
+            task.add_done_callback(self._handoffs.discard)
         return DeliverActivityResult(attempts=attempt, peer_answer=answer[:200], latency_ms=duration)
 
     async def _traced_send(self, dest: Destination, message: Message, inp: DeliverActivityInput,
@@ -204,6 +224,16 @@ class DeliveryActivities:
             if dest.mllp is not None:
                 span.set_attribute("hl7.ack_code", _ack_code(answer))
             return answer
+
+    async def _hand_off(self, org_id: str, destination: str, lane: str) -> None:
+        assert self.handoff is not None
+        try:
+            if await self.handoff(org_id, destination, lane):
+                return
+        except (OSError, RuntimeError, asyncpg.PostgresError, RPCError) as exc:
+            log.warning("lane hand-off for %s failed (%s); waking the dispatcher", destination, type(exc).__name__)
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            await lanes.wake_dispatcher(self.pool)
 
     async def _send(self, dest: Destination, message: Message, inp: DeliverActivityInput) -> str:
         if dest.mllp is not None:

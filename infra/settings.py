@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     max_segment_chars: int = Field(default=4 * 1024 * 1024, ge=64)
 
     dispatcher_sweep_seconds: float = 5.0
+    # The worker also runs the outbox dispatcher and starts deliveries with eager workflow start (the first
+    # workflow task comes straight back to this process); `lifeline up` and `lifeline worker --with-dispatcher`.
+    worker_dispatch: bool = False
     log_level: str = "INFO"
 
     @field_validator("database_url")

@@ -70,6 +70,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.worker import run_worker
 
     settings = _settings(args)
+    if args.with_dispatcher:
+        settings = settings.model_copy(update={"worker_dispatch": True})
     asyncio.run(run_worker(settings, _config(settings)))
     return 0
 
@@ -192,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ui-port", type=int, default=8233)
     st = add("status", cmd_status, "each process of `lifeline up`: pid, state, health, uptime, restarts")
     st.add_argument("--json", action="store_true", help="print the supervisor's status file as JSON")
-    add("worker", cmd_worker, "run a Temporal worker (workflows and activities)")
+    wk = add("worker", cmd_worker, "run a Temporal worker (workflows and activities)")
+    wk.add_argument("--with-dispatcher", action="store_true",
+                    help="also run the outbox dispatcher in this process, starting deliveries eagerly")
     add("dispatcher", cmd_dispatcher, "run the outbox dispatcher that starts delivery workflows")
     lis = add("listener", cmd_listener, "run the MLLP listeners of the configured channels")
     lis.add_argument("--channel", action="append", help="only this channel (repeatable)")

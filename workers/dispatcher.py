@@ -33,7 +33,7 @@ from infra.crypto import Cipher
 from infra.db import create_pool
 from infra.live import ConfigSource, start_source
 from infra.settings import Settings
-from infra.store import deliveries, system_tx
+from infra.store import deliveries, lanes, org_tx, system_tx
 from infra.store.messages import OUTBOX_CHANNEL
 from interop.errors import InteropError
 from interop.message import Message, parse
@@ -48,6 +48,10 @@ from workflows.contract import (
 )
 
 log = logging.getLogger("lifeline.dispatcher")
+
+# Starts in flight at once: a batch of 500 started all together times out RPCs on a busy server (eager starts
+# each carry a workflow task back), while a few dozen keep the server as busy as it can usefully be.
+START_CONCURRENCY = 50
 
 K_CHANNEL = SearchAttributeKey.for_keyword(SA_CHANNEL)
 K_DESTINATION = SearchAttributeKey.for_keyword(SA_DESTINATION)
@@ -87,11 +91,17 @@ def lane_of(dest: Destination, message: Message | None, key: bytes = b"") -> str
     return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-async def start_delivery(client: Client, task_queue: str, inp: DeliveryInput, workflow_id: str) -> bool:
-    """Start one DeliveryWorkflow; True also when it was already started (a double dispatch)."""
+async def start_delivery(client: Client, task_queue: str, inp: DeliveryInput, workflow_id: str, *,
+                         eager: bool = False) -> bool:
+    """Start one DeliveryWorkflow; True also when it was already started (a double dispatch).
+
+    eager: ask the server to hand the first workflow task straight back to a worker of this process (one that
+    polls `task_queue` with the same client), saving the task queue round trip; the server falls back to the
+    queue when that worker has no free slot.
+    """
     try:
         await client.start_workflow(
-            "DeliveryWorkflow", inp, id=workflow_id, task_queue=task_queue,
+            "DeliveryWorkflow", inp, id=workflow_id, task_queue=task_queue, request_eager_start=eager,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             search_attributes=TypedSearchAttributes([
@@ -118,6 +128,8 @@ class Dispatcher:
     def __post_init__(self) -> None:
         if not self.lane_key:
             self.lane_key = self.cipher.derive_key(LANE_KEY_LABEL)
+    eager: bool = False  # request_eager_start: only when a worker on `client` polls `task_queue` in this process
+    local_first: bool = True  # DeliveryInput.local_first (False measures the regular-activity shape)
 
     async def tick(self) -> tuple[int, int]:
         """Route what is new, then start what may start; returns (routed, started)."""
@@ -205,7 +217,13 @@ class Dispatcher:
             rows = await deliveries.claim_ready(conn, self.batch, blocking)
             if not rows:
                 return 0
-            results = await asyncio.gather(*(self._start(r) for r in rows), return_exceptions=True)
+            gate = asyncio.Semaphore(START_CONCURRENCY)
+
+            async def start(r: Any) -> bool:
+                async with gate:
+                    return await self._start(r)
+
+            results = await asyncio.gather(*(start(r) for r in rows), return_exceptions=True)
             done_msg = [r["message_id"] for r, ok in zip(rows, results, strict=True) if ok is True]
             done_dest = [r["destination"] for r, ok in zip(rows, results, strict=True) if ok is True]
             failures = [e for e in results if isinstance(e, BaseException)]
@@ -220,8 +238,26 @@ class Dispatcher:
         if dest is None:
             raise LookupError(f"destination {row['destination']} is no longer configured")
         inp = delivery_input(dest, row["message_id"], row["org_id"], row["channel"], row["message_type"])
+        inp.local_first = self.local_first
         with tracing.continued(row["trace_context"]):  # the workflow start joins the accept's trace
-            return await start_delivery(self.client, self.task_queue, inp, row["workflow_id"])
+            return await start_delivery(self.client, self.task_queue, inp, row["workflow_id"], eager=self.eager)
+
+    async def start_lane_successor(self, org_id: str, destination: str, lane: str) -> bool:
+        """Start the next delivery of one ordered lane if it may start now (the worker's hand-off when a delivery
+        of the lane is recorded delivered); True when the lane needs nothing more from the dispatcher."""
+        if self.source is not None:
+            self.config = self.source.current
+        dest = self.config.destination(destination)
+        if dest is None:
+            return False
+        async with org_tx(self.pool, org_id) as conn:
+            row = await lanes.claim_next_in_lane(conn, org_id, destination, lane, dest.on_dead_letter == "block")
+            if row is None:
+                # Nothing to start, or the dispatcher holds the row right now (and starts it).
+                return True
+            await self._start(row)
+            await lanes.mark_started(conn, row["message_id"], row["destination"])
+        return True
 
     async def run(self, database_url: str, sweep_seconds: float, stop: asyncio.Event) -> None:
         wake = asyncio.Event()

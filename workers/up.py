@@ -212,8 +212,9 @@ class Supervisor:
             applied = asyncio.run(migrate(self.pg.url()))
             print(f"migrations applied: {', '.join(applied) if applied else 'none pending'}")
             me = [sys.executable, "-m", "workers.cli"]
-            procs = [Child("worker", [*me, "worker"]), Child("dispatcher", [*me, "dispatcher"]),
-                     Child("api", [*me, "api"])]
+            # The dispatcher runs inside the worker: deliveries start eagerly (their first workflow task comes
+            # straight back to that worker), the fast path the benchmark measures.
+            procs = [Child("worker", [*me, "worker", "--with-dispatcher"]), Child("api", [*me, "api"])]
             if any(ch.mllp for ch in self.config.channels):
                 procs.append(Child("listener", [*me, "listener"]))
             if any(ch.file or ch.sftp for ch in self.config.channels):

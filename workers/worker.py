@@ -28,6 +28,7 @@ from infra.crypto import data_converter
 from infra.db import create_pool
 from infra.live import ConfigSource, start_source
 from infra.settings import Settings
+from workers.dispatcher import Dispatcher
 from workers.monitor import ensure_schedule
 from workers.reconnect import until_up
 from workflows.delivery import DeliveryWorkflow
@@ -117,7 +118,12 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
     config = source.current
     async with httpx.AsyncClient() as http:
         mllp = MllpSender()
-        delivery = DeliveryActivities(pool, store_cipher, config, mllp, http, source=source)
+        # The lane hand-off (and, with worker_dispatch, the whole outbox) starts deliveries from this process with
+        # this worker's client, so they may start eagerly.
+        dispatcher = Dispatcher(pool, client, config, store_cipher, settings.task_queue,
+                                lane_key=settings.lane_hmac_key(), source=source, eager=True)
+        delivery = DeliveryActivities(pool, store_cipher, config, mllp, http, source=source,
+                                      handoff=dispatcher.start_lane_successor)
         adapters = engine_adapters(config, http=http, pool=pool)
 
         async def client_provider() -> Client:
@@ -143,7 +149,15 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         log.info("worker polling task queue %s on %s", settings.task_queue, settings.temporal_address)
         async with worker:
+            dispatching = None
+            if settings.worker_dispatch:
+                log.info("dispatcher started in the worker (eager start; sweep every %.1fs)",
+                         settings.dispatcher_sweep_seconds)
+                dispatching = asyncio.create_task(
+                    dispatcher.run(settings.database_url, settings.dispatcher_sweep_seconds, stop))
             await stop.wait()
+            if dispatching is not None:
+                await dispatching
         await mllp.close()
         for adapter in adapters.values():
             await adapter.close()

@@ -37,6 +37,10 @@ NON_RETRYABLE_SEND_ERRORS = [ERR_PERMANENT_REJECT, ERR_MESSAGE_NOT_FOUND, ERR_RE
                              ERR_DESTINATION_UNKNOWN]
 
 
+# workflow.patched ids (a changed code path keeps older histories replaying).
+PATCH_LOCAL_FIRST = "delivery-local-first-attempt"  # DeliveryWorkflow: attempt 1 as a local activity
+
+
 def delivery_workflow_id(message_id: str, destination: str) -> str:
     return f"delivery:{message_id}:{destination}"
 
@@ -83,6 +87,7 @@ class DeliveryInput:
     maximum_interval_s: float = 300.0
     maximum_attempts: int = 20
     attempt_timeout_s: float = 60.0
+    local_first: bool = True  # attempt 1 as a local activity (the fast path); False: every attempt a regular one
 
 
 @dataclass
@@ -91,6 +96,7 @@ class DeliverActivityInput:
     destination: str
     org_id: str = "default"
     workflow_id: str = ""
+    attempt_offset: int = 0  # attempts made before this activity (the local first attempt): numbering goes on
 
 
 @dataclass

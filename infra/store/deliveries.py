@@ -33,7 +33,8 @@ with a as (
     where message_id = $1 and destination = $2
     returning lane
 )
-select case when lane is not null then pg_notify($8, '') end from d
+-- An ordered delivery wakes the dispatcher for its lane, unless the worker hands the lane on itself ($9 false).
+select lane, case when lane is not null and $9 then pg_notify($8, '') end as notified from d
 """
 
 _RECORD_FILTERED = """
@@ -65,11 +66,13 @@ async def load_for_delivery(db: Db, org: str, message_id: str, destination: str)
 
 
 async def record_success(db: Db, org: str, message_id: str, destination: str, attempt: int, answer: str,
-                         duration_ms: int, received_at: datetime) -> None:
-    """The attempt row and the delivered state in one statement; wakes the lane when it is ordered."""
+                         duration_ms: int, received_at: datetime, *, notify: bool = True) -> str | None:
+    """The attempt row and the delivered state in one statement; returns the lane (None: unordered) and wakes the
+    dispatcher for it when ordered, unless `notify` is False (the worker hands the lane on itself)."""
     async with org_tx(db, org) as c:
-        await c.execute(_RECORD_SUCCESS, message_id, destination, org, attempt, answer, duration_ms, received_at,
-                        OUTBOX_CHANNEL)
+        row = await c.fetchrow(_RECORD_SUCCESS, message_id, destination, org, attempt, answer, duration_ms,
+                               received_at, OUTBOX_CHANNEL, notify)
+    return row["lane"] if row is not None else None
 
 
 async def record_filtered(db: Db, org: str, message_id: str, destination: str, reason: str) -> None:

@@ -114,8 +114,9 @@ class Engine:
     async def start(self, *, worker: bool = True) -> Engine:
         self.listener = ChannelListener(self.config.channels[0], self.pool, self.store_cipher)
         await self.listener.start("127.0.0.1", 0)
+        # As `lifeline up` runs it: the dispatcher in the worker's process, starting deliveries eagerly.
         self.dispatcher = Dispatcher(self.pool, self.client, self.config, self.store_cipher, self.task_queue,
-                                     source=self.source)
+                                     source=self.source, eager=True)
         self._tasks.append(asyncio.create_task(self.dispatcher.run(self.db_url, 0.5, self._stop)))
         if worker:
             await self.start_worker()
@@ -124,8 +125,9 @@ class Engine:
     async def start_worker(self) -> None:
         self._http = httpx.AsyncClient()
         self._mllp = MllpSender()
+        assert self.dispatcher is not None
         acts = DeliveryActivities(self.pool, self.store_cipher, self.config, self._mllp, self._http,
-                                  source=self.source)
+                                  source=self.source, handoff=self.dispatcher.start_lane_successor)
         self.worker = build_worker(self.client, self.task_queue, acts)
         self._tasks.append(asyncio.create_task(self.worker.run()))
 

@@ -62,7 +62,7 @@ class Proc:
         self.popen = subprocess.Popen([sys.executable, "-m", "workers.cli", self.kind], cwd=ROOT, env=self.env,
                                       stdout=self.log, stderr=subprocess.STDOUT)
 
-    async def ready(self, timeout: float = 30.0) -> None:
+    async def ready(self, timeout: float = 120.0) -> None:  # a loaded CI machine starts Python slowly
         def up() -> bool:
             assert self.popen is not None
             if self.popen.poll() is not None:
