@@ -31,7 +31,7 @@ from infra import tracing
 from infra.config import Destination, LifelineConfig
 from infra.crypto import Cipher
 from infra.live import ConfigSource
-from infra.store import deliveries, lanes, org_tx
+from infra.store import deliveries, lanes, org_tx, sending
 from interop.errors import InteropError
 from interop.message import Message, parse
 from interop.transform import TransformError
@@ -115,6 +115,7 @@ class DeliveryActivities:
         self.files = FileWriter(pool, store_cipher)
         self.handoff = handoff
         self._handoffs: set[asyncio.Task[None]] = set()
+        self._attempts: set[asyncio.Task[DeliverActivityResult]] = set()
 
     @property
     def config(self) -> LifelineConfig:
@@ -138,15 +139,31 @@ class DeliveryActivities:
         if row is None:
             raise ApplicationError(f"message {inp.message_id} has no delivery to {inp.destination}",
                                    type=ERR_MESSAGE_NOT_FOUND, non_retryable=True)
-        if row["status"] == "filtered" and row["workflow_id"] == inp.workflow_id:
-            return DeliverActivityResult(attempts=attempt, peer_answer=f"filtered: {row['filter_reason'] or ''}"[:200],
-                                         filtered=True)
-        if row["status"] == "delivered" and row["workflow_id"] == inp.workflow_id:
-            # A retry of an attempt that was recorded delivered but never reported back (the worker died in
-            # between): sending again would repeat the message after its lane has moved on.
-            log.info("delivery %s -> %s already recorded delivered; not sending again", inp.message_id,
-                     inp.destination)
-            return DeliverActivityResult(attempts=attempt, peer_answer=(row["peer_answer"] or "")[:200])
+        done = _finished(row, inp, attempt)
+        if done is not None:
+            return done
+        # One send at a time per delivery: a workflow task retried on a starved worker runs the local attempt
+        # again while the first may still be sending; this one then waits for that outcome instead of sending.
+        lease_s = delivery_input(dest, inp.message_id, inp.org_id, "", "").attempt_timeout_s
+        deadline = time.monotonic() + lease_s
+        while not await sending.acquire_send_lease(self.pool, inp.org_id, inp.message_id, inp.destination, lease_s):
+            if time.monotonic() > deadline:
+                raise ApplicationError("another attempt of this delivery is still sending", "in_flight",
+                                       type="in_flight")
+            await asyncio.sleep(0.2)
+            row = await deliveries.load_for_delivery(self.pool, inp.org_id, inp.message_id, inp.destination)
+            done = _finished(row, inp, attempt)
+            if done is not None:
+                return done
+        # Shielded: a cancelled attempt (its workflow task timed out, the worker shuts down) still finishes the
+        # send it started and records the outcome, which a retry then finds, instead of sending the message again.
+        task = asyncio.ensure_future(self._attempt(inp, dest, row, attempt, info.is_local))
+        self._attempts.add(task)
+        task.add_done_callback(self._attempts.discard)
+        return await asyncio.shield(task)
+
+    async def _attempt(self, inp: DeliverActivityInput, dest: Destination, row: Any, attempt: int,
+                       local: bool) -> DeliverActivityResult:
         body = self.cipher.decrypt(row["body_enc"], row["key_id"], aad=inp.message_id.encode()).decode()
         started = time.monotonic()
         try:
@@ -170,7 +187,7 @@ class DeliveryActivities:
                     "rewrite_receiving_application": pinned_dest.mllp.rewrite_receiving_application,
                     "rewrite_receiving_facility": pinned_dest.mllp.rewrite_receiving_facility})})
             send = self.breakers.call(dest, lambda: self._traced_send(dest, message, inp, attempt))
-            answer = await (send if info.is_local else _heartbeating(send))
+            answer = await (send if local else _heartbeating(send))
         except SendError as exc:
             duration = int((time.monotonic() - started) * 1000)
             outcome = "permanent" if exc.permanent else "retryable"
@@ -287,6 +304,21 @@ class DeliveryActivities:
 
 
 HEARTBEAT_EVERY_S = 2.0
+
+
+def _finished(row: Any, inp: DeliverActivityInput, attempt: int) -> DeliverActivityResult | None:
+    """The result of a delivery this workflow already finished (recorded, never reported back), else None."""
+    if row is None or row["workflow_id"] != inp.workflow_id:
+        return None
+    if row["status"] == "filtered":
+        return DeliverActivityResult(attempts=attempt, peer_answer=f"filtered: {row['filter_reason'] or ''}"[:200],
+                                     filtered=True)
+    if row["status"] == "delivered":
+        # A retry of an attempt that was recorded delivered but never reported back (the worker died in between,
+        # or its workflow task timed out): sending again would repeat the message after its lane has moved on.
+        log.info("delivery %s -> %s already recorded delivered; not sending again", inp.message_id, inp.destination)
+        return DeliverActivityResult(attempts=attempt, peer_answer=(row["peer_answer"] or "")[:200])
+    return None
 
 
 async def _heartbeating(coro: Coroutine[Any, Any, str]) -> str:

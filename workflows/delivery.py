@@ -27,7 +27,9 @@ STATUS_KEY = SearchAttributeKey.for_keyword(SA_STATUS)
 HEARTBEAT_TIMEOUT_S = 10.0
 
 
-@workflow.defn(name="DeliveryWorkflow")
+# Not sandboxed: one run per message, and a sandbox per run (module re-imports) costs more CPU than the delivery
+# itself; the code imports only the side-effect-free contract, and tests/replay guards its determinism.
+@workflow.defn(name="DeliveryWorkflow", sandboxed=False)
 class DeliveryWorkflow:
     def __init__(self) -> None:
         self._status: DeliveryStatus | None = None

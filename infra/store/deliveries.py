@@ -29,7 +29,7 @@ with a as (
 ), d as (
     update deliveries set status = 'delivered', attempts = attempts + 1, finished_at = now(),
         first_attempt_at = coalesce(first_attempt_at, now()), peer_answer = $5, last_error = null,
-        latency_ms = (extract(epoch from (now() - $7::timestamptz)) * 1000)::int
+        latency_ms = (extract(epoch from (now() - $7::timestamptz)) * 1000)::int, send_lease_until = null
     where message_id = $1 and destination = $2
     returning lane
 )
@@ -54,7 +54,7 @@ with a as (
     values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 )
 update deliveries set attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, now()),
-    last_error = $7, peer_answer = $8
+    last_error = $7, peer_answer = $8, send_lease_until = null
 where message_id = $1 and destination = $2
 """
 
