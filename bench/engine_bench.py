@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -198,6 +199,8 @@ class Engine:
     _worker: Worker | None = None
     _mllp: MllpSender | None = None
     _http: httpx.AsyncClient | None = None
+    # The fast path (local first attempt, eager start, lane hand-off); False: the regular-activity shape.
+    fast: bool = True
 
     @property
     def port(self) -> int:
@@ -216,11 +219,14 @@ class Engine:
         self.pools = [lpool, dpool, wpool]
         self.listener = ChannelListener(self.config.channels[0], lpool, cipher)
         await self.listener.start("127.0.0.1", 0)
-        dispatcher = Dispatcher(dpool, self.rig.client, self.config, cipher, self.task_queue)
+        # The dispatcher shares the worker's client, as in `lifeline up` (worker --with-dispatcher): eager starts.
+        dispatcher = Dispatcher(dpool, self.rig.client, self.config, cipher, self.task_queue, eager=self.fast,
+                                local_first=self.fast)
         self._tasks.append(asyncio.create_task(
             dispatcher.run(self.db_url, sweep, self._stop)))
         self._http, self._mllp = httpx.AsyncClient(), MllpSender()
-        acts = DeliveryActivities(wpool, cipher, self.config, self._mllp, self._http)
+        acts = DeliveryActivities(wpool, cipher, self.config, self._mllp, self._http,
+                                  handoff=dispatcher.start_lane_successor if self.fast else None)
         self._worker = build_worker(self.rig.client, self.task_queue, acts)
         self._tasks.append(asyncio.create_task(self._worker.run()))
 
@@ -245,10 +251,10 @@ class Engine:
 
 
 @contextlib.asynccontextmanager
-async def engine_running(rig: Rig, *, ordered: bool) -> AsyncIterator[tuple[Engine, TimedPeer]]:
+async def engine_running(rig: Rig, *, ordered: bool, fast: bool = True) -> AsyncIterator[tuple[Engine, TimedPeer]]:
     peer = TimedPeer()
     port = await peer.start()
-    engine = Engine(rig, await rig.new_database(), engine_config(port, ordered=ordered))
+    engine = Engine(rig, await rig.new_database(), engine_config(port, ordered=ordered), fast=fast)
     await engine.start()
     try:
         yield engine, peer
@@ -257,8 +263,78 @@ async def engine_running(rig: Rig, *, ordered: bool) -> AsyncIterator[tuple[Engi
         await peer.stop()
 
 
+class ClosingPeer:
+    """hl7apy's threaded MLLPServer: one message per connection, closed right after the ACK."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self._lock = threading.Lock()
+        self._server: Any = None
+
+    def start(self) -> int:
+        import hl7
+        from hl7apy.mllp import AbstractHandler, MLLPServer
+
+        peer = self
+
+        class AckHandler(AbstractHandler):  # type: ignore[misc]
+            def reply(self) -> str:
+                msg = hl7.parse(self.incoming_message)
+                with peer._lock:
+                    peer.received.append(str(msg.segment("MSH")[10]))
+                return "\x0b" + str(msg.create_ack("AA")) + "\x1c\r"
+
+        self._server = MLLPServer("127.0.0.1", 0, {"ADT^A08^ADT_A01": (AckHandler,)})
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+async def measure_closing_peer(rig: Rig, runs: int, n: int, connections: int = 10) -> dict[str, Any]:
+    """`runs` runs of n messages through the engine to hl7apy's closing MLLPServer: duplicates and losses."""
+    out: list[dict[str, Any]] = []
+    for run in range(runs):
+        peer = ClosingPeer()
+        port = peer.start()
+        engine = Engine(rig, await rig.new_database(), engine_config(port, ordered=False))
+        await engine.start()
+        try:
+            await send_closed_loop(engine.port, n, connections, f"H{run}")
+            await wait_until(lambda: len(peer.received) >= n, timeout=max(180.0, n / 2))  # noqa: B023
+            await asyncio.sleep(1.0)  # a late duplicate would arrive now
+            async with engine.pools[2].acquire() as conn:
+                failed = int(await conn.fetchval(
+                    "select count(*) from delivery_attempts where outcome <> 'delivered'"))
+        finally:
+            await engine.stop()
+            peer.stop()
+        counts: dict[str, int] = {}
+        for c in peer.received:
+            counts[c] = counts.get(c, 0) + 1
+        out.append({"messages": n, "received": len(counts), "duplicates": sum(v - 1 for v in counts.values()),
+                    "failed_attempts": failed})
+    return {"runs": out, "duplicates": sum(r["duplicates"] for r in out),
+            "lost": sum(r["messages"] - r["received"] for r in out)}
+
+
+async def measure_steady(rig: Rig, *, rate: float, seconds: float, connections: int = 5) -> dict[str, Any]:
+    """A steady open-loop rate: send → delivered at the peer latency (the acceptance's end-to-end latency)."""
+    async with engine_running(rig, ordered=False) as (engine, peer):
+        sent_at: dict[str, float] = {}
+        acks, late = await _send_steady(engine.port, rate, seconds, connections, sent_at)
+        drained = await wait_until(lambda: len(peer.received) >= len(sent_at), timeout=120)
+        e2e = [peer.received[c] - t for c, t in sent_at.items() if c in peer.received]
+    return {"rate_per_s": rate, "seconds": seconds, "connections": connections, "messages": len(acks),
+            "late_sends": late, "ack_ms": percentiles(acks), "send_to_delivered_ms": percentiles(e2e),
+            "all_delivered": drained, "duplicates_at_peer": peer.duplicates}
+
+
 async def send_closed_loop(port: int, n: int, connections: int, prefix: str,
-                           sent_at: dict[str, float] | None = None) -> list[float]:
+                           sent_at: dict[str, float] | None = None, patients: int | None = None) -> list[float]:
     """Send n messages over ``connections`` connections as fast as each ACK allows; the ACK latencies."""
     latencies: list[float] = []
 
@@ -269,7 +345,8 @@ async def send_closed_loop(port: int, n: int, connections: int, prefix: str,
                 control = f"{prefix}{i:06d}"
                 if sent_at is not None:
                     sent_at[control] = time.monotonic()
-                code, elapsed = await client.send(adt(control, f"MRN{c:03d}{j % PATIENTS_PER_CONNECTION}", i))
+                mrn = f"P{i % patients:05d}" if patients else f"MRN{c:03d}{j % PATIENTS_PER_CONNECTION}"
+                code, elapsed = await client.send(adt(control, mrn, i))
                 if code != "AA":
                     raise RuntimeError(f"listener answered {code} to {control}")
                 latencies.append(elapsed)
@@ -282,18 +359,23 @@ async def send_closed_loop(port: int, n: int, connections: int, prefix: str,
 
 # -- 1. the bare-Temporal ceiling -------------------------------------------------------------------------------
 
-async def measure_ceiling(rig: Rig, n: int, batch: int = 500, **worker_overrides: Any) -> dict[str, Any]:
-    """Start n trivial workflows as fast as possible (in gathers of ``batch``, like the dispatcher)."""
+async def measure_ceiling(rig: Rig, n: int, batch: int = 500, *, local: bool = False,
+                          **worker_overrides: Any) -> dict[str, Any]:
+    """Start n trivial workflows as fast as possible (in gathers of ``batch``, like the dispatcher).
+
+    local: the step is a local activity and each start asks for eager start (the fast path's one-step shape).
+    """
     task_queue = f"ceiling-{uuid.uuid4().hex[:10]}"
     ceiling.DONE.clear()
-    worker = Worker(rig.client, task_queue=task_queue, workflows=[ceiling.CeilingWorkflow],
+    wf: Any = ceiling.LocalCeilingWorkflow if local else ceiling.CeilingWorkflow
+    worker = Worker(rig.client, task_queue=task_queue, workflows=[wf],
                     activities=[ceiling.noop], **{**WORKER_OPTIONS, **worker_overrides})
     async with worker:
         wall0, t0, cpu0 = time.time(), time.monotonic(), rig.cpu_seconds()
         for first in range(0, n, batch):
             await asyncio.gather(*(
-                rig.client.start_workflow(ceiling.CeilingWorkflow.run, i, id=f"{task_queue}-{i}",
-                                          task_queue=task_queue)
+                rig.client.start_workflow(wf.run, i, id=f"{task_queue}-{i}", task_queue=task_queue,
+                                          request_eager_start=local)
                 for i in range(first, min(n, first + batch))))
         started_s = time.monotonic() - t0
         if not await wait_until(lambda: len(ceiling.DONE) >= n, timeout=max(120.0, n / 5)):
@@ -306,6 +388,7 @@ async def measure_ceiling(rig: Rig, n: int, batch: int = 500, **worker_overrides
     closed_s = last_close.timestamp() - wall0
     return {
         "workflows": n, "start_batch": batch, "worker_options": dict(WORKER_OPTIONS),
+        "shape": "local activity + eager start" if local else "regular activity",
         "starts_per_s": round(n / started_s, 1), "activities_per_s": round(n / activities_s, 1),
         "workflows_per_s": round(n / closed_s, 1), "seconds": round(closed_s, 2), "cpu": cpu,
     }
@@ -341,11 +424,15 @@ async def _stages(pool_url: str, wall0: float) -> dict[str, Any]:
     return out
 
 
-async def measure_delivery(rig: Rig, n: int, connections: int, *, ordered: bool) -> dict[str, Any]:
-    """n messages over MLLP through listener → store → dispatcher → DeliveryWorkflow → MLLP peer."""
-    async with engine_running(rig, ordered=ordered) as (engine, peer):
+async def measure_delivery(rig: Rig, n: int, connections: int, *, ordered: bool, fast: bool = True,
+                           patients: int | None = None) -> dict[str, Any]:
+    """n messages over MLLP through listener → store → dispatcher → DeliveryWorkflow → MLLP peer.
+
+    patients: spread the messages over this many PID-3.1 values (the lanes when ordered); default 3 per connection.
+    """
+    async with engine_running(rig, ordered=ordered, fast=fast) as (engine, peer):
         wall0, t0, cpu0 = time.time(), time.monotonic(), rig.cpu_seconds()
-        acks = await send_closed_loop(engine.port, n, connections, "D")
+        acks = await send_closed_loop(engine.port, n, connections, "D", patients=patients)
         acked_s = time.monotonic() - t0
         if not await wait_until(lambda: len(peer.received) >= n, timeout=max(180.0, n / 2)):
             raise RuntimeError(f"delivery: only {len(peer.received)} of {n} messages reached the peer")
@@ -357,7 +444,8 @@ async def measure_delivery(rig: Rig, n: int, connections: int, *, ordered: bool)
     return {
         "messages": n, "connections": connections,
         "ordering": "PID-3.1" if ordered else "none",
-        "lanes": connections * PATIENTS_PER_CONNECTION if ordered else None,
+        "lanes": (patients or connections * PATIENTS_PER_CONNECTION) if ordered else None,
+        "shape": "fast path" if fast else "regular activity",
         "acked_per_s": round(n / acked_s, 1),
         "delivered_per_s": round(n / delivered_s, 1),
         "workflows_per_s": round(n / closed_s, 1) if closed_s else None,

@@ -43,7 +43,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         "## Throughput",
         "",
-        f"Bare-Temporal ceiling (one trivial activity per workflow, same server and worker options "
+        f"One-step ceiling ({c.get('shape', 'regular activity')} per workflow, same server and worker options "
         f"`{c['worker_options']}`, {c['workflows']} workflows started in gathers of {c['start_batch']}): "
         f"**{r['ceiling_workflows_per_s']} workflows completed/s**, the mean of {c['workflows_per_s']}/s measured "
         f"before the delivery runs and {r['ceiling_after']['workflows_per_s']}/s after them (starts accepted at "
@@ -68,6 +68,15 @@ def render_markdown(r: dict[str, Any]) -> str:
     if "delivery_ordered" in r:
         lines += _delivery_rows("ordered by PID-3.1", r["delivery_ordered"], ratios.get("ordered"),
                                 cpu_ratios.get("ordered"))
+    if "delivery_ordered_few" in r:
+        lines += _delivery_rows("ordered by PID-3.1 (few patients, goal ≥ 0.6)", r["delivery_ordered_few"],
+                                ratios.get("ordered_few"), cpu_ratios.get("ordered_few"))
+    if "delivery_regular" in r:
+        reg = r["ceiling_regular"]
+        lines += _delivery_rows("unordered, regular-activity shape (before)", r["delivery_regular"], None, None)
+        lines += ["", f"For comparison, the regular-activity one-step ceiling: {reg['workflows_per_s']} workflows/s, "
+                  f"{reg['cpu']['ms_per_item_total']} ms CPU per workflow."]
+    lines += _acceptance(r)
     u = r["delivery_unordered"]
     lines += [
         "",
@@ -112,3 +121,52 @@ def render_markdown(r: dict[str, Any]) -> str:
     i = r["interop"]
     lines += ["", f"Fixtures: {i['fixtures']} messages, {i['seconds_per_measure']} s per measure.", ""]
     return "\n".join(lines)
+
+
+def _acceptance(r: dict[str, Any]) -> list[str]:
+    lines = ["", "## Acceptance", "", "| measure | value | goal |", "|---|---|---|"]
+    goals = r.get("goals", {})
+    for k, v in r.get("ratio_to_ceiling", {}).items():
+        lines.append(f"| {k} ÷ ceiling (wall clock; CPU-normalised {r['cpu_normalised_ratio'].get(k)}) | {v} "
+                     f"| ≥ {goals.get(k, r.get('goal_ratio'))} |")
+    for rate, goal in (("10", 100), ("30", 250)):
+        st = r.get("steady", {}).get(rate)
+        if st:
+            lines.append(f"| send → delivered at {rate} msg/s for {st['seconds']:.0f} s, p50 / p95 "
+                         f"| {st['send_to_delivered_ms']['p50']} / {st['send_to_delivered_ms']['p95']} ms "
+                         f"| p95 ≤ {goal} ms |")
+    cp = r.get("closing_peer")
+    if cp:
+        lines.append(f"| duplicates to hl7apy's closing MLLPServer, {len(cp['runs'])} runs of "
+                     f"{cp['runs'][0]['messages']} | {cp['duplicates']} (lost {cp['lost']}, failed attempts "
+                     f"{sum(x['failed_attempts'] for x in cp['runs'])}) | 0 |")
+    so = r.get("scaleout")
+    if so:
+        lines.append(f"| scale-out 2 workers + 2 dispatchers + 2 listeners, {so['messages']} messages "
+                     f"({so['ordered_lanes']} ordered lanes) | lost {so['lost']}, duplicates {so['duplicates']}, "
+                     f"order violations {so['order_violations']}; {so['delivered_per_s']} delivered/s | 0, 0, 0 |")
+        lines += ["", "Scale-out CPU per delivered message by process (ms): "
+                  + ", ".join(f"{k} {v}" for k, v in so["cpu_ms_per_message"].items()) + "."]
+    return lines
+
+
+def render_soak(r: dict[str, Any]) -> str:
+    s = r["soak"]
+    m = r["machine"]
+    lines = [
+        "# Lifeline soak", "",
+        f"Run {m['date']}: {s['seconds']:.0f} s at {s['rate_per_s']:.0f} msg/s ({s['messages']} messages) through a "
+        "listener and a worker with the dispatcher inside, as separate processes (the `lifeline up` shape). "
+        f"Load average at start {m['loadavg_at_start']}, at end {m.get('loadavg_at_end')}.", "",
+        f"Delivered {s['delivered']}, duplicates {s['duplicates']}; send → delivered p50 {s['p50_ms']} ms, "
+        f"p95 {s['p95_ms']} ms. RSS growth first → last sample (%): "
+        + ", ".join(f"{k} {v}" for k, v in s["rss_growth_pct_first_to_last_sample"].items()) + ".", "",
+    ]
+    if s["samples"]:
+        names = list(s["samples"][0]["rss_mb"])
+        lines += ["| t (s) | sent | delivered | p50 / p95 ms | open workflows | " + " | ".join(
+            f"{n} MB" for n in names) + " |", "|---" * (5 + len(names)) + "|"]
+        for x in s["samples"]:
+            lines.append(f"| {x['t_s']} | {x['sent']} | {x['delivered']} | {x['p50_ms']} / {x['p95_ms']} | "
+                         f"{x['open_workflows']} | " + " | ".join(str(x["rss_mb"].get(n)) for n in names) + " |")
+    return "\n".join(lines) + "\n"

@@ -18,7 +18,9 @@ from infra.devstack import EmbeddedPostgres
 
 TINY: dict[str, Any] = {
     "messages": 20, "ceiling": 20, "connections": 4, "steady_rate": 20.0, "steady_seconds": 1.0,
-    "burst": 40, "idle_connections": 50, "interop_seconds": 0.05, "no_ordered": False,
+    "burst": 40, "idle_connections": 50, "interop_seconds": 0.05, "no_ordered": False, "patients": 10,
+    "few_patients": 3, "steady10_seconds": 1.0, "steady30_seconds": 1.0, "closing_runs": 1, "closing_messages": 10,
+    "scaleout": 0,
 }
 
 
@@ -44,7 +46,7 @@ async def test_bench_harness_at_toy_sizes(pg_server: EmbeddedPostgres, temporal_
         for key in ("workflows_per_s", "starts_per_s", "activities_per_s"):
             _positive(report, run, key)
         _positive(report, run, "cpu", "ms_per_item_total")
-    for run in ("delivery_unordered", "delivery_ordered"):
+    for run in ("delivery_unordered", "delivery_ordered", "delivery_ordered_few"):
         for key in ("delivered_per_s", "acked_per_s", "workflows_per_s"):
             _positive(report, run, key)
         for stage in ("stored", "routed", "started", "delivered"):
@@ -52,7 +54,7 @@ async def test_bench_harness_at_toy_sizes(pg_server: EmbeddedPostgres, temporal_
         _positive(report, run, "ack_ms", "p99")
         assert report[run]["duplicates_at_peer"] == 0
         assert report[run]["stages_s"]["attempts"] == TINY["messages"]
-    for variant in ("unordered", "ordered"):
+    for variant in ("unordered", "ordered", "ordered_few"):
         _positive(report, "ratio_to_ceiling", variant)
         _positive(report, "cpu_normalised_ratio", variant)
     for load in ("steady", "burst"):
@@ -64,5 +66,9 @@ async def test_bench_harness_at_toy_sizes(pg_server: EmbeddedPostgres, temporal_
     assert report["listener_rss"]["ack_code_while_holding"] == "AA"
     for key in ("rss_before_mb", "rss_after_mb"):
         _positive(report, "listener_rss", key)
+    for rate in ("10", "30"):
+        _positive(report, "steady", rate, "send_to_delivered_ms", "p95")
+        assert report["steady"][rate]["all_delivered"]
+    assert report["closing_peer"]["duplicates"] == report["closing_peer"]["lost"] == 0
     _positive(report, "interop", "tolerant_parse_validate_ack", "msg_per_s")
     assert "# Lifeline delivery benchmark" in render_markdown(report)
