@@ -27,6 +27,7 @@ import httpx
 
 from infra.config import Oncall, OncallChannel
 from infra.store import notifications as store
+from infra.store import org_tx, system_tx
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class Notifier:
     async def notify(self, ev: OncallEvent) -> list[int]:
         """Record the event for each matching channel and try each once; the ids of its rows."""
         ids: list[int] = []
-        async with self.pool.acquire() as conn:
+        async with org_tx(self.pool, ev.org_id) as conn:
             for channel in self.channels_for(ev):
                 new = await store.enqueue(conn, org_id=ev.org_id, key=f"{ev.event_id}:{channel.name}",
                                           channel=channel.name, kind=channel.kind, event=ev.event,
@@ -123,7 +124,7 @@ class Notifier:
         """Send pending notifications (the given ones, else every due one); (sent, still pending or failed)."""
         by_name = {c.name: c for c in self.oncall.channels}
         sent = failed = 0
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with system_tx(self.pool, "notification_delivery") as conn:  # pending pages of every org
             rows = await store.claim_due(conn, ids)
             for row in rows:
                 channel = by_name.get(row["channel"])
@@ -147,7 +148,8 @@ class Notifier:
         return sent, failed
 
     async def pending(self, ids: Iterable[int]) -> bool:
-        return "pending" in await store.statuses(self.pool, list(ids))
+        async with system_tx(self.pool, "notification_delivery") as conn:
+            return "pending" in await store.statuses(conn, list(ids))
 
     def _secret(self, name: str) -> str:
         value = self.environ.get(name, "")

@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, config: LifelineConfig | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # min_size=0: the API starts even when PostgreSQL is down and /readyz says so.
         app.state.pool = await create_pool(settings.database_url, min_size=0,
-                                           max_size=settings.database_pool_max)
+                                           max_size=settings.database_pool_max, role=settings.database_role)
         stop = asyncio.Event()
         following: asyncio.Task[None] | None = None
         if live:

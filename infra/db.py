@@ -12,6 +12,13 @@ log = logging.getLogger("lifeline.db")
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Arbitrary constant: every Lifeline process migrating the same database serialises on it.
 MIGRATION_LOCK_KEY = 0x11FE11E
+ENABLE_RLS = """
+select lifeline_enable_rls(c.oid::regclass) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+join pg_attribute a on a.attrelid = c.oid and a.attname = 'org_id' and not a.attisdropped
+where n.nspname = current_schema() and c.relkind in ('r', 'p')
+  and not (c.relrowsecurity and c.relforcerowsecurity
+           and exists (select 1 from pg_policy p where p.polrelid = c.oid and p.polname = 'lifeline_org'))
+"""
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -19,11 +26,23 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """One pool per process, created at start-up."""
-    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=init_connection)
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10, role: str = "") -> asyncpg.Pool:
+    """One pool per process, created at start-up; `role`: the role every connection acts as (SET ROLE), the
+    application role that owns no table so row-level security binds it (Settings.database_role)."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await init_connection(conn)
+        if role:
+            # `role` survives the RESET ALL a pool runs when a connection is released (it is not reset by it).
+            await conn.execute(f"set role {quote_ident(role)}")
+
+    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=init)
     assert pool is not None
     return pool
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def migration_files() -> list[Path]:
@@ -36,6 +55,8 @@ async def migrate(url: str) -> list[str]:
     applied: list[str] = []
     try:
         await conn.execute("select pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        # Migrations see and change every org's rows (row-level security, 0010) whoever the owner is.
+        await conn.execute("select set_config('lifeline.system', 'migrate', false)")
         try:
             await conn.execute(
                 "create table if not exists schema_migrations ("
@@ -50,6 +71,9 @@ async def migrate(url: str) -> list[str]:
                     await conn.execute("insert into schema_migrations (name) values ($1)", path.name)
                 log.info("applied migration %s", path.name)
                 applied.append(path.name)
+            if await conn.fetchval("select to_regprocedure('lifeline_enable_rls(regclass)') is not null"):
+                # Every tenant table, whichever migration made it, gets the org policy (0010).
+                await conn.execute(ENABLE_RLS)
         finally:
             await conn.execute("select pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     finally:

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     database_url: str = "postgresql://lifeline@127.0.0.1:55432/lifeline"
     database_pool_min: int = 2
     database_pool_max: int = 10
+    # The role every query runs as (SET ROLE on each new connection): it owns no table, so row-level security
+    # binds it. "" keeps the login role (then that role must not be a superuser for the walls to hold).
+    database_role: str = "lifeline_app"
 
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"

@@ -297,7 +297,8 @@ class Dispatcher:
 async def run_dispatcher(settings: Settings, config: LifelineConfig) -> None:
     from workers.worker import connect_temporal
 
-    pool = await until_up("PostgreSQL", lambda: create_pool(settings.database_url, min_size=1, max_size=4))
+    pool = await until_up("PostgreSQL", lambda: create_pool(settings.database_url, min_size=1, max_size=4,
+                                                                     role=settings.database_role))
     client = await until_up("Temporal", lambda: connect_temporal(settings))
     cipher = settings.cipher("store")
     stop = asyncio.Event()

@@ -249,7 +249,8 @@ class ListenerSet:
 async def run_listeners(settings: Settings, config: LifelineConfig, only: list[str] | None = None) -> None:
     # min_size=0: the listener listens (and answers AE "not stored; resend") even while PostgreSQL is down; the
     # file's channels serve until the stored configuration versions can be read.
-    pool = await create_pool(settings.database_url, min_size=0, max_size=settings.database_pool_max)
+    pool = await create_pool(settings.database_url, min_size=0, max_size=settings.database_pool_max,
+                             role=settings.database_role)
     cipher = settings.cipher("store")
     stop = asyncio.Event()
     source, following = await start_source(config, pool, settings.database_url, stop)

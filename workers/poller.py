@@ -475,7 +475,8 @@ async def run_poller(settings: Settings, config: LifelineConfig, only: list[str]
     channels = [c for c in file_channels(config) if not only or c.name in only]
     logging.getLogger("asyncssh").setLevel(logging.WARNING)  # one INFO line per SFTP request otherwise
     pool = await until_up("PostgreSQL", lambda: create_pool(settings.database_url, min_size=2,
-                                                            max_size=settings.database_pool_max))
+                                                            max_size=settings.database_pool_max,
+                                                            role=settings.database_role))
     cipher = settings.cipher("store")
     spool = settings.data_dir.resolve() / "spool"
     pollers = {(c.org, c.name): FilePoller(c, pool, cipher, make_source(c, spool)) for c in channels}

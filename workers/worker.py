@@ -109,7 +109,8 @@ def build_worker(client: Client, task_queue: str, delivery: DeliveryActivities, 
 
 async def run_worker(settings: Settings, config: LifelineConfig) -> None:
     pool = await until_up("PostgreSQL", lambda: create_pool(settings.database_url, min_size=2,
-                                                            max_size=settings.database_pool_max))
+                                                            max_size=settings.database_pool_max,
+                                                            role=settings.database_role))
     # A signal sent without the codec (e.g. `temporal workflow signal` without --codec-endpoint) is dropped.
     client = await until_up("Temporal", lambda: connect_temporal(settings, refuse_plain=True))
     store_cipher = settings.cipher("store")

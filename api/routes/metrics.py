@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from api.deps import ConfigDep, CurrentUser, PoolDep, guarded
 from infra.config import LifelineConfig
 from infra.store import ops as ops_store
+from infra.store import system_tx_count
 from infra.store.flow import LATENCY_BUCKETS_S, metric_samples
 
 router = APIRouter(tags=["monitoring"])
@@ -125,7 +126,12 @@ async def metrics(request: Request, pool: PoolDep, config: ConfigDep, user: Curr
     collector = _collector(request, config)
     await collector.refresh(pool, user.org)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(list(collector.collect())))
+    cross = CounterMetricFamily("lifeline_store_cross_org_transactions",
+                                "Transactions of this API process that read across orgs (system_tx), by purpose",
+                                labels=["purpose"])
+    for purpose, n in sorted(system_tx_count.items()):
+        cross.add_metric([purpose], n)
+    registry.register(_Fixed([*collector.collect(), cross]))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

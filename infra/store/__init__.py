@@ -8,7 +8,6 @@ names its purpose from a closed list, logs it and counts it; nothing else may re
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -28,45 +27,23 @@ log = logging.getLogger("lifeline.store")
 ORG_SETTING = "lifeline.org"
 SYSTEM_SETTING = "lifeline.system"
 # The only cross-org work there is; a new purpose is a reviewed change to this tuple (tests/stack/test_rls.py).
-SYSTEM_PURPOSES = ("dispatch", "monitor_snapshot", "audit_verify", "api_key_lookup")
-# How many system transactions each purpose ran in this process (exported as a metric by the API).
+SYSTEM_PURPOSES = ("dispatch", "monitor_snapshot", "audit_verify", "api_key_lookup", "notification_delivery",
+                   "config_versions")
+# How many system transactions each purpose ran in this process (the API exports it on /metrics as
+# lifeline_store_cross_org_transactions_total).
 system_tx_count: Counter[str] = Counter()
 
 _SET_ORG = "select set_config('lifeline.org', $1, true), set_config('lifeline.system', '', true)"
 _SET_SYSTEM = "select set_config('lifeline.system', $1, true), set_config('lifeline.org', '', true)"
 
 
-def _literal(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("NUL in an org or purpose")
-    return "'" + value.replace("'", "''") + "'"  # standard_conforming_strings is on (the default since 9.1)
-
-
-def _begin(isolation: str | None = None, readonly: bool = False, deferrable: bool = False) -> str:
-    sql = "begin"
-    if isolation:
-        sql += " isolation level " + isolation.replace("_", " ")
-    if readonly:
-        sql += " read only"
-    if deferrable:
-        sql += " deferrable"
-    return sql
-
-
 @asynccontextmanager
 async def _tx(db: Db, setup: str, value: str, **tx: Any) -> AsyncIterator[Conn]:
     if isinstance(db, asyncpg.Pool):
-        # BEGIN and the setting in one round trip (the accept path's latency): a simple-protocol batch.
-        async with db.acquire() as conn:
-            await conn.execute(f"{_begin(**tx)}; {setup.replace('$1', _literal(value))}")
-            try:
-                yield conn
-            except BaseException:
-                # A cancelled query leaves the connection busy: then the pool's release resets or closes it.
-                with contextlib.suppress(Exception):
-                    await conn.execute("rollback")
-                raise
-            await conn.execute("commit")
+        # asyncpg's own transaction (not a hand-written BEGIN), so code inside may nest conn.transaction().
+        async with db.acquire() as conn, conn.transaction(**tx):
+            await conn.execute(setup, value)
+            yield conn
     elif db.is_in_transaction():
         # The caller's transaction: the setting is transaction-local, so it holds until the caller commits.
         await db.execute(setup, value)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from infra.store import org_tx
+
 _SAVE = """
 insert into destination_breakers (org_id, destination, state, failures, opened_at, next_probe_at, probe_interval_s,
                                   last_error, worker, updated_at)
@@ -24,9 +26,11 @@ from destination_breakers where org_id = $1 order by destination
 async def save_breaker(conn: Any, org_id: str, destination: str, state: str, failures: int,
                        opened_at: datetime | None, next_probe_at: datetime | None, probe_interval_s: float | None,
                        last_error: str | None, worker: str) -> None:
-    await conn.execute(_SAVE, org_id, destination, state, failures, opened_at, next_probe_at, probe_interval_s,
+    async with org_tx(conn, org_id) as c:
+        await c.execute(_SAVE, org_id, destination, state, failures, opened_at, next_probe_at, probe_interval_s,
                        last_error, worker)
 
 
 async def list_breakers(conn: Any, org_id: str) -> list[dict[str, Any]]:
-    return [dict(r) for r in await conn.fetch(_LIST, org_id)]
+    async with org_tx(conn, org_id) as c:
+        return [dict(r) for r in await c.fetch(_LIST, org_id)]

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from infra.store import org_tx, system_tx
+
 CONFIG_CHANNEL = "lifeline_config"  # NOTIFY payload: the org whose configuration changed
 _ORG_LOCK = "select pg_advisory_xact_lock(hashtext('lifeline-config:' || $1))"
 
@@ -29,36 +31,41 @@ def _row(r: Any) -> ConfigVersion:
 
 
 async def latest(conn: asyncpg.Pool | asyncpg.Connection, org: str) -> ConfigVersion | None:
-    r = await conn.fetchrow("select * from config_versions where org_id = $1 order by version desc limit 1", org)
+    async with org_tx(conn, org) as c:
+        r = await c.fetchrow("select * from config_versions where org_id = $1 order by version desc limit 1", org)
     return _row(r) if r else None
 
 
 async def get_version(conn: asyncpg.Pool | asyncpg.Connection, org: str, version: int) -> ConfigVersion | None:
-    r = await conn.fetchrow("select * from config_versions where org_id = $1 and version = $2", org, version)
+    async with org_tx(conn, org) as c:
+        r = await c.fetchrow("select * from config_versions where org_id = $1 and version = $2", org, version)
     return _row(r) if r else None
 
 
 async def current_versions(conn: asyncpg.Pool | asyncpg.Connection) -> list[ConfigVersion]:
     """The newest version of every org (what every process follows)."""
-    rows = await conn.fetch("select distinct on (org_id) * from config_versions order by org_id, version desc")
+    async with system_tx(conn, "config_versions", readonly=True) as c:  # every org's current version
+        rows = await c.fetch("select distinct on (org_id) * from config_versions order by org_id, version desc")
     return [_row(r) for r in rows]
 
 
 async def version_numbers(conn: asyncpg.Pool | asyncpg.Connection) -> dict[str, int]:
-    rows = await conn.fetch("select org_id, max(version) as v from config_versions group by org_id")
+    async with system_tx(conn, "config_versions", readonly=True) as c:
+        rows = await c.fetch("select org_id, max(version) as v from config_versions group by org_id")
     return {r["org_id"]: r["v"] for r in rows}
 
 
 async def list_versions(conn: asyncpg.Pool | asyncpg.Connection, org: str, limit: int = 100) -> list[ConfigVersion]:
-    rows = await conn.fetch("select * from config_versions where org_id = $1 order by version desc limit $2",
-                            org, limit)
+    async with org_tx(conn, org) as c:
+        rows = await c.fetch("select * from config_versions where org_id = $1 order by version desc limit $2",
+                             org, limit)
     return [_row(r) for r in rows]
 
 
 async def add_file_version(pool: asyncpg.Pool, org: str, document: dict[str, Any], author: str) -> ConfigVersion | None:
     """A new version from the configuration file, unless the file's part is what the file last gave (so a
     restart with an unchanged file keeps versions made through the API; an edited file wins)."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with org_tx(pool, org) as conn:
         await conn.execute(_ORG_LOCK, org)
         last = await conn.fetchval(
             "select document from config_versions where org_id = $1 and author like 'file:%'"
@@ -79,7 +86,7 @@ async def add_version(pool: asyncpg.Pool, org: str, document: dict[str, Any], au
                       expected: int | None = None) -> ConfigVersion | None:
     """Store a new version (the next number) and notify every process; None when `only_if_none` and the org
     already has one, or when `expected` is given and is no longer the newest version (a concurrent change)."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with org_tx(pool, org) as conn:
         await conn.execute(_ORG_LOCK, org)
         newest = await conn.fetchval("select max(version) from config_versions where org_id = $1", org)
         if only_if_none and newest is not None:

@@ -6,12 +6,15 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from infra.store import org_tx
+
 _MONITOR_LAST_RUN = "select max(updated_at) from monitor_baselines where org_id = $1"
 
 
 async def monitor_last_run(conn: asyncpg.Pool | asyncpg.Connection, org_id: str) -> datetime | None:
     """When the flow monitor last took a snapshot of this org's channels (each run refreshes their baselines)."""
-    value: datetime | None = await conn.fetchval(_MONITOR_LAST_RUN, org_id)
+    async with org_tx(conn, org_id) as c:
+        value: datetime | None = await c.fetchval(_MONITOR_LAST_RUN, org_id)
     return value
 
 
@@ -43,11 +46,15 @@ async def flow_series(conn: asyncpg.Pool | asyncpg.Connection, org_id: str, star
                       bucket: timedelta) -> dict[tuple[str, str], dict[datetime, dict[str, float | None]]]:
     """Per (channel, destination) and bucket start: delivered count, p50/p95 accept-to-delivered ms, backlog."""
     out: dict[tuple[str, str], dict[datetime, dict[str, float | None]]] = {}
-    for r in await conn.fetch(_SERIES_ROUTES, org_id, start, end):
+    async with org_tx(conn, org_id, readonly=True) as c:
+        routes = await c.fetch(_SERIES_ROUTES, org_id, start, end)
+        delivered = await c.fetch(_SERIES_DELIVERED, org_id, start, end, bucket)
+        backlog = await c.fetch(_SERIES_BACKLOG, org_id, start, end, bucket)
+    for r in routes:
         out.setdefault((r["channel"], r["destination"]), {})
-    for r in await conn.fetch(_SERIES_DELIVERED, org_id, start, end, bucket):
+    for r in delivered:
         out.setdefault((r["channel"], r["destination"]), {}).setdefault(r["b"], {}).update(
             delivered=float(r["delivered"]), p50_ms=r["p50_ms"], p95_ms=r["p95_ms"])
-    for r in await conn.fetch(_SERIES_BACKLOG, org_id, start, end, bucket):
+    for r in backlog:
         out.setdefault((r["channel"], r["destination"]), {}).setdefault(r["b"], {})["backlog"] = float(r["depth"])
     return out

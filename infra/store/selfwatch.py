@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from infra.store import system_tx
+
 # The outbox: accepted messages the dispatcher has not routed yet (partial index messages_outbox).
 _OUTBOX = """
 select count(*)::int as waiting,
@@ -14,5 +16,6 @@ from messages where dispatched_at is null and status = 'accepted'
 
 async def outbox_waiting(conn: Any) -> tuple[int, float]:
     """(messages waiting for the dispatcher, age in seconds of the oldest)."""
-    row = await conn.fetchrow(_OUTBOX)
+    async with system_tx(conn, "dispatch", readonly=True) as c:  # the outbox spans every org
+        row: Any = await c.fetchrow(_OUTBOX)
     return int(row["waiting"]), float(row["oldest_s"])

@@ -24,6 +24,7 @@ from activities.delivery import DeliveryActivities
 from activities.mllp import MllpSender
 from infra.config import LifelineConfig, validate_config
 from infra.crypto import Cipher
+from infra.db import create_pool
 from infra.live import ConfigSource
 from workers.dispatcher import Dispatcher
 from workers.listener import ChannelListener
@@ -105,6 +106,7 @@ class Engine:
     _http: httpx.AsyncClient | None = None
     _mllp: MllpSender | None = None
     source: ConfigSource | None = None  # live configuration (versions in PostgreSQL); None: `config` as given
+    app_pool: asyncpg.Pool | None = None
 
     @property
     def mllp_port(self) -> int:
@@ -112,10 +114,13 @@ class Engine:
         return self.listener.port
 
     async def start(self, *, worker: bool = True) -> Engine:
-        self.listener = ChannelListener(self.config.channels[0], self.pool, self.store_cipher)
+        # The engine acts as the application role, under row-level security like a real process; the test's
+        # own `pool` (a superuser) inspects the tables.
+        self.app_pool = await create_pool(self.db_url, min_size=1, max_size=10, role="lifeline_app")
+        self.listener = ChannelListener(self.config.channels[0], self.app_pool, self.store_cipher)
         await self.listener.start("127.0.0.1", 0)
         # As `lifeline up` runs it: the dispatcher in the worker's process, starting deliveries eagerly.
-        self.dispatcher = Dispatcher(self.pool, self.client, self.config, self.store_cipher, self.task_queue,
+        self.dispatcher = Dispatcher(self.app_pool, self.client, self.config, self.store_cipher, self.task_queue,
                                      source=self.source, eager=True)
         self._tasks.append(asyncio.create_task(self.dispatcher.run(self.db_url, 0.5, self._stop)))
         if worker:
@@ -125,8 +130,9 @@ class Engine:
     async def start_worker(self) -> None:
         self._http = httpx.AsyncClient()
         self._mllp = MllpSender()
+        assert self.app_pool is not None
         assert self.dispatcher is not None
-        acts = DeliveryActivities(self.pool, self.store_cipher, self.config, self._mllp, self._http,
+        acts = DeliveryActivities(self.app_pool, self.store_cipher, self.config, self._mllp, self._http,
                                   source=self.source, handoff=self.dispatcher.start_lane_successor)
         self.worker = build_worker(self.client, self.task_queue, acts)
         self._tasks.append(asyncio.create_task(self.worker.run()))
@@ -157,6 +163,8 @@ class Engine:
             await self._mllp.close()
         if self._http is not None:
             await self._http.aclose()
+        if self.app_pool is not None:
+            await self.app_pool.close()
 
 
 @contextlib.asynccontextmanager
