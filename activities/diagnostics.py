@@ -296,7 +296,9 @@ class DiagnosticsActivities:
 
     async def _engine(self, inp: DiagnoseInput, engine: str, channel: str) -> tuple[Diagnosis, dict[str, str]]:
         params = {"engine": engine, "channel": channel}
-        adapter = self.adapters.get(engine)
+        configured = self.config.engine(engine)
+        # Another org's engine is not read for this case (its state would leak across the wall).
+        adapter = self.adapters.get(engine) if configured is None or configured.org == inp.org_id else None
         lines: list[str] = []
         state = ""
         if adapter is not None:

@@ -31,6 +31,7 @@ from workflows.contract import (
     SA_CASE_KIND,
     SA_CHANNEL,
     SA_DESTINATION,
+    SA_ORG,
     SIGNAL_EVIDENCE,
     Baseline,
     ChannelMetrics,
@@ -280,8 +281,9 @@ class CaseActivities:
     async def open_or_feed_case(self, inp: OpenCaseInput) -> OpenCaseResult:
         """Signal-with-start: the open case for (kind, subject) gets the evidence; none open, one starts with it."""
         case = inp.case
-        workflow_id = case_workflow_id(case.kind, case.subject)
-        pairs = [SearchAttributePair(SearchAttributeKey.for_keyword(SA_CASE_KIND), case.kind)]
+        workflow_id = case_workflow_id(case.org_id, case.kind, case.subject)
+        pairs = [SearchAttributePair(SearchAttributeKey.for_keyword(SA_CASE_KIND), case.kind),
+                 SearchAttributePair(SearchAttributeKey.for_keyword(SA_ORG), case.org_id)]
         scope, _, name = case.subject.partition(":")
         if scope == "destination":
             pairs.append(SearchAttributePair(SearchAttributeKey.for_keyword(SA_DESTINATION), name))

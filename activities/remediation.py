@@ -26,6 +26,7 @@ from infra.store.audit import append as audit
 from infra.store.deliveries import blocked_lanes, destination_metrics, open_dead_letter_ids, set_destination_paused
 from infra.store.files import request_poll, source_measure
 from workflows.contract import (
+    ERR_NOT_OWNED,
     ActionInput,
     ActionResult,
     AuditInput,
@@ -35,6 +36,8 @@ from workflows.contract import (
     Measurement,
     NotifyInput,
     ReplayInput,
+    case_kind_subject,
+    org_attribute,
     parse_subject,
     replay_workflow_id,
 )
@@ -69,7 +72,8 @@ class RemediationActivities:
         self.task_queue = task_queue
         self.notifier = notifier or Notifier(pool, config.oncall, http)
 
-    def _adapter(self, engine: str) -> EngineAdapter:
+    def _adapter(self, engine: str, org: str) -> EngineAdapter:
+        _check_owner(self.config, org, f"engine:{engine}:*")
         adapter = self.adapters.get(engine)
         if adapter is None:
             raise ApplicationError(f"no adapter for engine {engine!r}", type=ERR_ENGINE_UNKNOWN, non_retryable=True)
@@ -80,8 +84,11 @@ class RemediationActivities:
     @activity.defn(name="run_action")
     async def run_action(self, inp: ActionInput) -> ActionResult:
         """Carry out one remediation action (already approved when it needed approval)."""
+        _check_owner(self.config, inp.org_id, inp.subject)
         what, parts = parse_subject(inp.subject)
         dest = inp.params.get("destination") or (parts[0] if what in ("destination", "lane") and parts else "")
+        if dest:
+            _check_owner(self.config, inp.org_id, f"destination:{dest}")
         if inp.action in ("reconnect", "retry_now") and dest:
             result = await self._retry_now(inp, dest)
         elif inp.action == "replay_dead_letters" and dest:
@@ -99,7 +106,7 @@ class RemediationActivities:
         elif inp.action == "clear_queue":
             engine = inp.params.get("engine") or (parts[0] if what == "engine" and parts else "")
             channel = inp.params.get("channel") or (parts[1] if what == "engine" and len(parts) > 1 else "")
-            n = await self._adapter(engine).clear_queue(channel)
+            n = await self._adapter(engine, inp.org_id).clear_queue(channel)
             result = ActionResult(inp.action, True, f"cleared {n} queued message(s) of {engine}/{channel}", n)
         else:
             raise ApplicationError(f"action {inp.action!r} does not apply to {inp.subject!r}",
@@ -145,6 +152,7 @@ class RemediationActivities:
         try:
             await client.start_workflow("ReplayWorkflow", ReplayInput(inp.org_id, ids, inp.approver or inp.case_id),
                                         id=wf_id, task_queue=self.task_queue or activity.info().task_queue,
+                                        search_attributes=org_attribute(inp.org_id),
                                         static_summary=f"replay of {len(ids)} dead letter(s) for {inp.case_id}")
         except WorkflowAlreadyStartedError:
             pass  # the same selection is being replayed already
@@ -196,7 +204,7 @@ class RemediationActivities:
 
     @activity.defn(name="engine_status")
     async def engine_status(self, inp: EngineOpInput) -> EngineStatus:
-        adapter = self._adapter(inp.engine)
+        adapter = self._adapter(inp.engine, inp.org_id)
         st = await adapter.channel_status(inp.channel)
         return EngineStatus(st.state, st.raw_state, st.queued, st.received, st.sent, st.errors,
                             sorted(adapter.capabilities))
@@ -204,7 +212,7 @@ class RemediationActivities:
     @activity.defn(name="engine_control")
     async def engine_control(self, inp: EngineOpInput) -> int:
         """start | stop | halt | pause | resume | clear_queue on one channel; returns messages cleared (else 0)."""
-        adapter = self._adapter(inp.engine)
+        adapter = self._adapter(inp.engine, inp.org_id)
         try:
             if inp.op == "clear_queue":
                 return await adapter.clear_queue(inp.channel)
@@ -238,7 +246,7 @@ class RemediationActivities:
         """Page / mail / chat the on-call channels (recorded, retried until sent), POST the escalation to the notify
         URL (if any) and audit it; True when someone was notified. A resolved case only resolves its open page."""
         info = activity.info()
-        _, kind, subject = (inp.case_id.split(":", 2) + ["", ""])[:3]
+        kind, subject = case_kind_subject(inp.case_id, inp.org_id)
         event = case_event(self.notifier.links, org_id=inp.org_id, case_id=inp.case_id,
                            run_id=info.workflow_run_id or "", stage=inp.stage, kind=kind, subject=subject,
                            reason=inp.summary if inp.stage == "escalated" else "")
@@ -266,3 +274,10 @@ class RemediationActivities:
     async def audit_event(self, inp: AuditInput) -> None:
         await audit(self.pool, org_id=inp.org_id, actor=inp.actor, action=inp.action, subject=inp.subject,
                     detail=dict(inp.detail))
+
+
+def _check_owner(config: LifelineConfig, org: str, subject: str) -> None:
+    """Refuse (non-retryable) to act for one org on a destination, channel or engine configured for another."""
+    if config.foreign(org, subject):
+        log.warning("refused: org %s acting on %s of another org", org, subject)
+        raise ApplicationError(f"{subject!r} does not belong to org {org!r}", type=ERR_NOT_OWNED, non_retryable=True)

@@ -25,6 +25,7 @@ from infra.store.flow import ScopeValues, db_now, scope_values
 from workflows.contract import (
     SA_CASE_KIND,
     SA_DESTINATION,
+    SA_ORG,
     SIGNAL_EVIDENCE,
     CaseInput,
     EvaluateSlaInput,
@@ -235,7 +236,7 @@ class SlaEvaluator:
     async def _feed_case(self, sla: Sla, kind: str, row: asyncpg.Record, now: datetime) -> str | None:
         assert self.client is not None and sla.destination is not None
         subject = sla.subject
-        workflow_id = case_workflow_id(kind, subject)
+        workflow_id = case_workflow_id(sla.org, kind, subject)
         value, target = row["last_value"], row["target"]
         evidence = Evidence(kind=kind, subject=subject, observed_at=now.isoformat(),
                             summary=f"SLA {sla.name}: {row['objective']} is {value:g}, objective {target:g}",
@@ -246,7 +247,8 @@ class SlaEvaluator:
                          opened_by=f"sla:{sla.name}", notify_url=sla.alert_webhook or "",
                          settle_s=self.config.remediation.settle.total_seconds())
         pairs = [SearchAttributePair(SearchAttributeKey.for_keyword(SA_CASE_KIND), kind),
-                 SearchAttributePair(SearchAttributeKey.for_keyword(SA_DESTINATION), sla.destination)]
+                 SearchAttributePair(SearchAttributeKey.for_keyword(SA_DESTINATION), sla.destination),
+                 SearchAttributePair(SearchAttributeKey.for_keyword(SA_ORG), sla.org)]
         try:
             await self.client.start_workflow(
                 CASE_WORKFLOW, case, id=workflow_id, task_queue=self.task_queue, start_signal=SIGNAL_EVIDENCE,

@@ -665,6 +665,11 @@ class LifelineConfig(_Model):
             if d.name in dest_names:
                 problems.append((f"destinations[{i}].name", f"duplicate destination name {d.name!r}"))
             dest_names[d.name] = i
+        engine_names: set[str] = set()
+        for i, e in enumerate(self.engines):
+            if e.name in engine_names:
+                problems.append((f"engines[{i}].name", f"duplicate engine name {e.name!r}"))
+            engine_names.add(e.name)
         ports: dict[int, str] = {}
         for i, ch in enumerate(self.channels):
             if ch.mllp:
@@ -691,10 +696,15 @@ class LifelineConfig(_Model):
             if (sla.org, sla.name) in names:
                 problems.append((f"sla[{i}].name", f"duplicate SLA name {sla.name!r}"))
             names.add((sla.org, sla.name))
-            if sla.channel and self.channel(sla.channel) is None:
+            ch, dest = self.channel(sla.channel or ""), self.destination(sla.destination or "")
+            if sla.channel and ch is None:
                 problems.append((f"sla[{i}].channel", f"no channel named {sla.channel!r}"))
-            if sla.destination and self.destination(sla.destination) is None:
+            elif ch is not None and ch.org != sla.org:
+                problems.append((f"sla[{i}].channel", f"channel {sla.channel!r} belongs to another org"))
+            if sla.destination and dest is None:
                 problems.append((f"sla[{i}].destination", f"no destination named {sla.destination!r}"))
+            elif dest is not None and dest.org != sla.org:
+                problems.append((f"sla[{i}].destination", f"destination {sla.destination!r} belongs to another org"))
         if problems:
             raise ValueError("\n".join(f"{p}\t{r}" for p, r in problems))
         return self
@@ -707,6 +717,28 @@ class LifelineConfig(_Model):
 
     def engine(self, name: str) -> Engine | None:
         return next((e for e in self.engines if e.name == name), None)
+
+    def owner(self, subject: str) -> str | None:
+        """The org a case subject belongs to (destination:<d>, lane:<d>:<key>, channel:<c>, engine:<e>:<channel>);
+        None when it names nothing configured. Every destination, channel and engine belongs to exactly one org."""
+        scope, _, rest = subject.partition(":")
+        name = rest.split(":", 1)[0]
+        found: Channel | Destination | Engine | None = None
+        if scope in ("destination", "lane"):
+            found = self.destination(name)
+        elif scope == "channel":
+            found = self.channel(name)
+        elif scope == "engine" and ":" in rest:
+            found = self.engine(name)
+        return found.org if found is not None else None
+
+    def owns(self, org: str, subject: str) -> bool:
+        return self.owner(subject) == org
+
+    def foreign(self, org: str, subject: str) -> bool:
+        """True when the subject names a destination, channel or engine configured for another org."""
+        owner = self.owner(subject)
+        return owner is not None and owner != org
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

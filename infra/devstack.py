@@ -25,6 +25,7 @@ SEARCH_ATTRIBUTES = {
     "LifelineMessageType": "Keyword",
     "LifelineStatus": "Keyword",
     "LifelineCaseKind": "Keyword",
+    "LifelineOrg": "Keyword",
 }
 PG_SUPERUSER = "lifeline"
 PG_OS_USER = "embedded_postgres"  # postgres refuses to run as root

@@ -42,6 +42,7 @@ from workflows.contract import (
     SA_CHANNEL,
     SA_DESTINATION,
     SA_MESSAGE_TYPE,
+    SA_ORG,
     SA_STATUS,
     DeliveryInput,
     delivery_workflow_id,
@@ -57,6 +58,7 @@ K_CHANNEL = SearchAttributeKey.for_keyword(SA_CHANNEL)
 K_DESTINATION = SearchAttributeKey.for_keyword(SA_DESTINATION)
 K_TYPE = SearchAttributeKey.for_keyword(SA_MESSAGE_TYPE)
 K_STATUS = SearchAttributeKey.for_keyword(SA_STATUS)
+K_ORG = SearchAttributeKey.for_keyword(SA_ORG)
 # A pass that fails on these is retried a second later (PostgreSQL or Temporal down or restarting).
 PASS_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *TRANSIENT)
 
@@ -106,7 +108,8 @@ async def start_delivery(client: Client, task_queue: str, inp: DeliveryInput, wo
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             search_attributes=TypedSearchAttributes([
                 SearchAttributePair(K_CHANNEL, inp.channel), SearchAttributePair(K_DESTINATION, inp.destination),
-                SearchAttributePair(K_TYPE, inp.message_type), SearchAttributePair(K_STATUS, "delivering")]),
+                SearchAttributePair(K_TYPE, inp.message_type), SearchAttributePair(K_STATUS, "delivering"),
+                SearchAttributePair(K_ORG, inp.org_id)]),
             static_summary=f"{inp.message_type or 'message'} {inp.channel} → {inp.destination}",
         )
     except WorkflowAlreadyStartedError:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+
 DEFAULT_TASK_QUEUE = "lifeline"
 
 # Search attribute keys (registered by the dev stack and by the production setup).
@@ -17,6 +19,7 @@ SA_DESTINATION = "LifelineDestination"
 SA_MESSAGE_TYPE = "LifelineMessageType"
 SA_STATUS = "LifelineStatus"
 SA_CASE_KIND = "LifelineCaseKind"
+SA_ORG = "LifelineOrg"
 
 # Queries / signals.
 QUERY_STATUS = "status"
@@ -33,6 +36,7 @@ ERR_RENDER_FAILED = "RenderFailed"  # the message cannot be rendered for the des
 ERR_DESTINATION_UNKNOWN = "DestinationUnknown"
 ERR_TRANSFORM_FAILED = "TransformFailed"  # a route's transform step or plugin failed (the detail names the step)
 ERR_DELIVERY_FAILED = "DeliveryFailed"  # the workflow's own terminal failure (dead-lettered)
+ERR_NOT_OWNED = "SubjectNotOwned"  # a destination, channel or engine of another org (or none): never retried
 NON_RETRYABLE_SEND_ERRORS = [ERR_PERMANENT_REJECT, ERR_MESSAGE_NOT_FOUND, ERR_RENDER_FAILED,
                              ERR_DESTINATION_UNKNOWN]
 
@@ -59,11 +63,31 @@ APPROVER_ROLE = "oncall"
 PATCH_CASE_COOLDOWN = "case-cooldown"
 
 
-def case_workflow_id(kind: str, subject: str) -> str:
-    return f"case:{kind}:{subject}"
+def org_attribute(org: str, *more: SearchAttributePair[str]) -> TypedSearchAttributes:
+    """The `LifelineOrg` search attribute (plus others) for a workflow started for an org."""
+    return TypedSearchAttributes([SearchAttributePair(SearchAttributeKey.for_keyword(SA_ORG), org), *more])
 
 
-def restart_workflow_id(engine: str, channel: str) -> str:
+def case_workflow_id(org: str, kind: str, subject: str) -> str:
+    """One case per (org, kind, subject): the org in the id keeps two tenants' cases apart."""
+    return f"case:{org}:{kind}:{subject}"
+
+
+def case_kind_subject(case_id: str, org: str) -> tuple[str, str]:
+    """(kind, subject) of a case id: case:<org>:<kind>:<subject>, or the older case:<kind>:<subject>."""
+    parts = case_id.split(":", 3)
+    if len(parts) == 4 and parts[1] == org:
+        return parts[2], parts[3]
+    old = case_id.split(":", 2) + ["", ""]
+    return old[1], old[2]
+
+
+def restart_workflow_id(org: str, engine: str, channel: str) -> str:
+    return f"restart:{org}:{engine}:{channel}"
+
+
+def legacy_restart_workflow_id(engine: str, channel: str) -> str:
+    """The id restarts had before ids carried the org (kept for histories recorded then)."""
     return f"restart:{engine}:{channel}"
 
 
@@ -161,6 +185,7 @@ class ReplayProgress:
     delivered: int = 0
     failed: int = 0
     workflow_ids: list[str] = field(default_factory=list)
+    org_id: str = ""  # whose replay it is: the API answers 404 to other orgs
 
 
 # -- healing: remediation cases, engine restarts, flow monitor -----------------------------------------------

@@ -48,7 +48,8 @@ with workflow.unsafe.imports_passed_through():
         RecordCaseInput,
         RecordResolutionInput,
         RestartInput,
-        case_workflow_id,
+        legacy_restart_workflow_id,
+        org_attribute,
         parse_subject,
         restart_workflow_id,
     )
@@ -205,7 +206,7 @@ class RemediationCaseWorkflow:
     @workflow.run
     async def run(self, inp: CaseInput) -> CaseState:
         now = workflow.now().isoformat()
-        s = CaseState(case_workflow_id(inp.kind, inp.subject), inp.kind, inp.subject, mode=inp.mode, opened_at=now,
+        s = CaseState(workflow.info().workflow_id, inp.kind, inp.subject, mode=inp.mode, opened_at=now,
                       org_id=inp.org_id)
         self._state = s
         for ev in self._early:
@@ -419,14 +420,17 @@ class RemediationCaseWorkflow:
         channel = action.params.get("channel") or (parts[1] if what == "engine" and len(parts) > 1 else "")
         if not engine or not channel:
             raise ApplicationError(f"no engine channel in {inp.subject!r}")
-        wid = restart_workflow_id(engine, channel)
+        # Restart ids carry the org since the tenant walls; histories recorded before keep the old id.
+        with_org = workflow.patched("restart-id-with-org")
+        wid = restart_workflow_id(inp.org_id, engine, channel) if with_org else legacy_restart_workflow_id(engine,
+                                                                                                           channel)
         try:
             handle = await workflow.start_child_workflow(
                 "EngineRestartWorkflow",
-                RestartInput(engine, channel, inp.org_id, requested_by=approver or case_workflow_id(inp.kind,
-                                                                                                  inp.subject)),
+                RestartInput(engine, channel, inp.org_id, requested_by=approver or workflow.info().workflow_id),
                 id=wid, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                search_attributes=org_attribute(inp.org_id) if with_org else None,
                 static_summary=f"restart for {inp.kind} case")
         except WorkflowAlreadyStartedError:
             self._note(f"{wid} already running: waiting for it instead of starting a second restart")

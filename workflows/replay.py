@@ -40,6 +40,7 @@ class ReplayWorkflow:
 
     @workflow.run
     async def run(self, inp: ReplayInput) -> ReplayProgress:
+        self._progress.org_id = inp.org_id
         prepared = await workflow.execute_activity(
             "prepare_replay",
             PrepareReplayInput(inp.org_id, inp.dead_letter_ids, workflow.info().workflow_id, inp.requested_by,

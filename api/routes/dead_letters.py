@@ -16,7 +16,7 @@ from api.problems import Problem
 from api.redact import for_user
 from infra.store.audit import append as audit
 from infra.store.deliveries import blocked_lanes, list_dead_letters, open_dead_letter_ids
-from workflows.contract import QUERY_PROGRESS, ReplayInput, ReplayProgress, replay_workflow_id
+from workflows.contract import QUERY_PROGRESS, ReplayInput, ReplayProgress, org_attribute, replay_workflow_id
 
 router = APIRouter(tags=["dead letters"])
 MAX_REPLAY = 5000
@@ -70,7 +70,7 @@ async def replay(body: ReplayRequest, request: Request, pool: PoolDep, client: T
     try:
         await client.start_workflow("ReplayWorkflow",
                                     ReplayInput(user.org, ids, user.subject, body.with_current_config), id=wf_id,
-                                    task_queue=settings.task_queue,
+                                    task_queue=settings.task_queue, search_attributes=org_attribute(user.org),
                                     static_summary=f"replay of {len(ids)} dead letter(s)")
     except WorkflowAlreadyStartedError:
         pass  # the same selection submitted twice while its replay has not prepared yet: one replay serves both
@@ -88,8 +88,10 @@ async def replay_progress(workflow_id: str, client: TemporalDep, user: CurrentUs
         raise Problem(422, "not a replay workflow id", field="workflow_id")
     try:
         progress = await client.get_workflow_handle(workflow_id).query(QUERY_PROGRESS, result_type=ReplayProgress)
-    except (RPCError, WorkflowQueryFailedError) as exc:
-        raise Problem(404, f"no replay {workflow_id!r}: {exc}", field="workflow_id") from None
+    except (RPCError, WorkflowQueryFailedError):
+        raise Problem(404, f"no replay {workflow_id!r}", field="workflow_id") from None
+    if progress.org_id != user.org:  # another org's replay is not there for this caller (nor one without an org)
+        raise Problem(404, f"no replay {workflow_id!r}", field="workflow_id")
     return {"workflow_id": workflow_id, **progress.__dict__}
 
 

@@ -12,7 +12,6 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.common import (
     SearchAttributeKey,
     SearchAttributePair,
-    TypedSearchAttributes,
     WorkflowIDConflictPolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -40,6 +39,7 @@ from workflows.contract import (
     Evidence,
     RestartInput,
     case_workflow_id,
+    org_attribute,
     restart_workflow_id,
 )
 
@@ -120,7 +120,10 @@ async def open_case(body: CaseCreate, request: Request, pool: PoolDep, client: T
                     config: ConfigDep, user: CurrentUser) -> dict[str, Any]:
     """Open a case by hand (or add evidence to the open case for the same kind and subject)."""
     kind: str = body.kind
-    case_id = case_workflow_id(kind, body.subject)
+    if not config.owns(user.org, body.subject):
+        # Unknown and another org's subjects look the same: the caller learns nothing about other tenants.
+        raise Problem(404, f"no destination, channel or engine {body.subject!r} in your org", field="subject")
+    case_id = case_workflow_id(user.org, kind, body.subject)
     inp = CaseInput(kind, body.subject, user.org, body.mode or config.remediation.mode,
                     config.remediation.approval_timeout.total_seconds(), opened_by=user.subject,
                     settle_s=config.remediation.settle.total_seconds())
@@ -130,9 +133,9 @@ async def open_case(body: CaseCreate, request: Request, pool: PoolDep, client: T
         "RemediationCaseWorkflow", inp, id=case_id, task_queue=settings.task_queue,
         start_signal=SIGNAL_EVIDENCE, start_signal_args=[ev],
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        search_attributes=TypedSearchAttributes([
-            SearchAttributePair(SearchAttributeKey.for_keyword(SA_CASE_KIND), kind),
-            SearchAttributePair(SearchAttributeKey.for_keyword(SA_STATUS), "detected")]),
+        search_attributes=org_attribute(
+            user.org, SearchAttributePair(SearchAttributeKey.for_keyword(SA_CASE_KIND), kind),
+            SearchAttributePair(SearchAttributeKey.for_keyword(SA_STATUS), "detected")),
         static_summary=f"{kind} {body.subject} (opened by {user.subject})")
     await audit(pool, org_id=user.org, actor=user.subject, role=",".join(user.roles), action="remediations.open",
                 subject=case_id, detail={"kind": kind, "subject": body.subject, "reason": body.reason,
@@ -228,12 +231,13 @@ async def restart_channel(engine: str, channel: str, body: RestartRequest, reque
     _engine(config, user, engine)
     if not channel or len(channel) > 200:
         raise Problem(422, "channel must be 1-200 characters", field="channel")
-    wid = restart_workflow_id(engine, channel)
+    wid = restart_workflow_id(user.org, engine, channel)
     inp = RestartInput(engine, channel, user.org, clear_queue=body.clear_queue, requested_by=user.subject,
                        approval_timeout_s=config.remediation.approval_timeout.total_seconds())
     try:
         handle = await client.start_workflow("EngineRestartWorkflow", inp, id=wid, task_queue=settings.task_queue,
                                              id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                                             search_attributes=org_attribute(user.org),
                                              static_summary=f"restart requested by {user.subject}")
     except WorkflowAlreadyStartedError:
         raise Problem(409, f"a restart of {engine}/{channel} is already running", field="channel",

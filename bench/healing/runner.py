@@ -140,7 +140,7 @@ async def run_one(rig: Rig, spec: Spec, mode: str, tmp: Path) -> dict[str, Any]:
         async with ctx as eng:
             engines = eng.get("engines", [])
             subject = spec.subject or f"engine:{engines[0]['name']}:{eng['channel']}"
-            case_id = case_workflow_id(spec.kind, subject)
+            case_id = case_workflow_id("default", spec.kind, subject)
             out["case_id"] = case_id
             config = build_config(spec, port, mode, engines)
             async with lifeline(rig.client, pool, db_url, store_cipher, task_queue, config,

@@ -47,7 +47,7 @@ async def audit_actions(pool: asyncpg.Pool, case_id: str) -> list[str]:
 
 
 async def restart_state(ll: Lifeline, engine: str, channel: str) -> RestartState:
-    handle = ll.client.get_workflow_handle(restart_workflow_id(engine, channel))
+    handle = ll.client.get_workflow_handle(restart_workflow_id("default", engine, channel))
     state: RestartState = await handle.query(QUERY_STATE, result_type=RestartState)
     return state
 
@@ -63,7 +63,7 @@ async def test_destination_down_self_heals_semi_auto(temporal_client: Client, ta
     config = e2e_config(port, mode="semi-auto", settle="2s",
                         retry={"initial_interval": "300ms", "backoff": 5.0, "maximum_interval": "30s",
                                "maximum_attempts": 50})
-    case_id = case_workflow_id("destination_down", "destination:lab")
+    case_id = case_workflow_id("default", "destination_down", "destination:lab")
     peer = Peer()
     async with lifeline(temporal_client, pool, db_url, store_cipher, task_queue, config, clear_ids=[case_id]) as ll:
         try:
@@ -127,8 +127,8 @@ async def test_mirth_stopped_channel_restarted_on_approval_and_left_alone_on_rej
     with ServerThread(emu.app) as url:
         config = e2e_config(free_port(), mode="semi-auto", settle="2s",
                             engines=[{"name": "mirth1", "kind": "mirth", "url": f"{url}/api", **engine_env}])
-        fixed_case = case_workflow_id("engine_channel_stopped", f"engine:mirth1:{fixed.id}")
-        kept_case = case_workflow_id("engine_channel_stopped", f"engine:mirth1:{kept.id}")
+        fixed_case = case_workflow_id("default", "engine_channel_stopped", f"engine:mirth1:{fixed.id}")
+        kept_case = case_workflow_id("default", "engine_channel_stopped", f"engine:mirth1:{kept.id}")
         async with lifeline(temporal_client, pool, db_url, store_cipher, task_queue, config) as ll, \
                 EngineTraffic(mirth=emu):
             started = time.time()
@@ -169,7 +169,7 @@ async def test_mirth_stopped_channel_restarted_on_approval_and_left_alone_on_rej
     fixed_audit = await audit_actions(pool, fixed_case)
     assert {"case.awaiting_approval", "remediations.approve", "case.approve", "case.resolved"} <= set(fixed_audit)
     assert {"remediations.reject", "case.reject", "case.rejected"} <= set(await audit_actions(pool, kept_case))
-    assert "engine.restart" in await audit_actions(pool, restart_workflow_id("mirth1", fixed.id))
+    assert "engine.restart" in await audit_actions(pool, restart_workflow_id("default", "mirth1", fixed.id))
     log.info("mirth STOPPED: case open %.1fs after the monitor started, MTTR %.1fs (approval wait included)",
              opened_in, rows[fixed_case]["mttr_ms"] / 1000)
 
@@ -186,9 +186,9 @@ async def test_rhapsody_commpoint_in_error_restarted_without_approval_in_full_au
     with ServerThread(emu.app) as url:
         config = e2e_config(free_port(), mode="full-auto", settle="2s",
                             engines=[{"name": "rhap1", "kind": "rhapsody", "url": f"{url}/api", **engine_env}])
-        case_id = case_workflow_id("engine_channel_stopped", "engine:rhap1:7")
+        case_id = case_workflow_id("default", "engine_channel_stopped", "engine:rhap1:7")
         async with lifeline(temporal_client, pool, db_url, store_cipher, task_queue, config,
-                            clear_ids=[case_id, restart_workflow_id("rhap1", "7")]) as ll, \
+                            clear_ids=[case_id, restart_workflow_id("default", "rhap1", "7")]) as ll, \
                 EngineTraffic(rhapsody=emu):
             started = time.time()
             ll.monitor.start()
@@ -228,9 +228,9 @@ async def test_cloverleaf_thread_down_restarted_after_approval_over_rest(
         {"name": "clover1", "kind": "cloverleaf", "timeout": "5s",
          "cloverleaf": {"site": "site1", "command_dir": str(bin_dir)}}])
     # Cloverleaf channel ids are <process>/<thread>: the case id has a slash in it.
-    case_id = case_workflow_id("engine_channel_stopped", "engine:clover1:adt/ob_adt")
+    case_id = case_workflow_id("default", "engine_channel_stopped", "engine:clover1:adt/ob_adt")
     async with lifeline(temporal_client, pool, db_url, store_cipher, task_queue, config,
-                        clear_ids=[case_id, restart_workflow_id("clover1", "adt/ob_adt")]) as ll, \
+                        clear_ids=[case_id, restart_workflow_id("default", "clover1", "adt/ob_adt")]) as ll, \
             EngineTraffic(cloverleaf=hci, threads=["ob_adt"]):
         ll.monitor.start()
         state = await ll.wait_case(case_id, awaiting("restart_engine_channel"), timeout=30)
@@ -262,7 +262,7 @@ async def test_lane_blocked_skip_waits_for_approval_in_full_auto(
     port = await peer.start()
     peer.answers["HEAD1"] = "AR"  # the lane's head is rejected for good: dead-lettered, the lane blocks
     config = e2e_config(port, mode="full-auto", settle="2s", ordering={"key": "PID-3.1"})
-    case_id = case_workflow_id("lane_blocked", "destination:lab")
+    case_id = case_workflow_id("default", "lane_blocked", "destination:lab")
     try:
         async with lifeline(temporal_client, pool, db_url, store_cipher, task_queue, config,
                             clear_ids=[case_id]) as ll:

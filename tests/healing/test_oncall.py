@@ -127,7 +127,7 @@ async def run_case(client: Client, tq: str, subject: str, **kw: Any) -> CaseStat
     ev = Evidence("lane_blocked", subject, "2024-01-01T00:00:00+00:00", "head dead-lettered", {"blocked": 1.0},
                   "blocked:render")
     handle = await client.start_workflow(
-        RemediationCaseWorkflow.run, inp, id=case_workflow_id("lane_blocked", subject), task_queue=tq,
+        RemediationCaseWorkflow.run, inp, id=case_workflow_id("default", "lane_blocked", subject), task_queue=tq,
         start_signal=SIGNAL_EVIDENCE, start_signal_args=[ev], id_conflict_policy=WorkflowIDConflictPolicy.FAIL)
     return await handle.result()
 
@@ -139,7 +139,7 @@ async def test_escalation_mails_chats_and_pages_once_then_resolves_with_the_same
     box, rx = mailbox[0], receivers[0]
     rx.pd_failures = 1  # the first page fails: the activity stays pending and Temporal retries it
     subject = f"destination:lab{uuid.uuid4().hex[:6]}"
-    case_id = case_workflow_id("lane_blocked", subject)
+    case_id = case_workflow_id("default", "lane_blocked", subject)
 
     # 1. A destructive action waits for approval; nobody answers within the hour: the case escalates.
     fakes.diagnosis = Diagnosis("blocked:render", "blocked", 0.9, actions=proposed("skip_blocked_head"))

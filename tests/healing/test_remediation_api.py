@@ -15,7 +15,8 @@ import pytest
 from fastapi import FastAPI
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import SearchAttributeKey, WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -25,18 +26,35 @@ from activities.engines.base import EngineChannel
 from activities.remediation import RemediationActivities
 from api.app import create_app
 from api.auth import mint_token
-from infra.config import Engine, LifelineConfig
+from infra.config import Destination, Engine, LifelineConfig, MllpOut
 from infra.devstack import find_binary
 from tests.conftest import TEST_JWT_SECRET, make_settings
 from tests.healing.fakes import Fakes, proposed, until
 from tests.healing.probe_workflow import BackoffProbe
-from workflows.contract import SIGNAL_EVIDENCE, ActionInput, CaseInput, CaseState, Diagnosis, Evidence, case_workflow_id
+from workflows.contract import (
+    ERR_NOT_OWNED,
+    SA_ORG,
+    SIGNAL_EVIDENCE,
+    ActionInput,
+    CaseInput,
+    CaseState,
+    Diagnosis,
+    EngineOpInput,
+    Evidence,
+    PrepareReplayInput,
+    PrepareReplayResult,
+    ReplayInput,
+    case_workflow_id,
+    org_attribute,
+    replay_workflow_id,
+)
 from workflows.engine_restart import EngineRestartWorkflow
 from workflows.remediation import RemediationCaseWorkflow
+from workflows.replay import ReplayWorkflow
 
 
-def auth(role: str, subject: str = "") -> dict[str, str]:
-    token = mint_token(TEST_JWT_SECRET, subject=subject or f"{role}-user", org="default", roles=[role])
+def auth(role: str, subject: str = "", org: str = "default") -> dict[str, str]:
+    token = mint_token(TEST_JWT_SECRET, subject=subject or f"{role}-user", org=org, roles=[role])
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -59,13 +77,18 @@ class Stack:
     pool: asyncpg.Pool
     task_queue: str
     address: str
+    remediation: RemediationActivities
 
 
 @pytest.fixture
 async def stack(db_url: str, pool: asyncpg.Pool, temporal_env: WorkflowEnvironment,
                 task_queue: str) -> AsyncIterator[Stack]:
     client = temporal_env.client
-    config = LifelineConfig(engines=[Engine(name="mirth1", kind="mirth", url="https://mirth.invalid:8443/api")])
+    mllp = MllpOut(host="127.0.0.1", port=9)
+    config = LifelineConfig(
+        destinations=[Destination(name=task_queue, mllp=mllp), Destination(name="b-lab", org="org-b", mllp=mllp)],
+        engines=[Engine(name="mirth1", kind="mirth", url="https://mirth.invalid:8443/api"),
+                 Engine(name="mirth-b", org="org-b", kind="mirth", url="https://mirth-b.invalid:8443/api")])
     fakes = Fakes(client)
 
     async def provider() -> Client:
@@ -83,7 +106,7 @@ async def stack(db_url: str, pool: asyncpg.Pool, temporal_env: WorkflowEnvironme
     async with Worker(client, task_queue=task_queue, workflows=[RemediationCaseWorkflow, EngineRestartWorkflow],
                       activities=acts), app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            yield Stack(http, client, fakes, pool, task_queue, address)
+            yield Stack(http, client, fakes, pool, task_queue, address, rem)
 
 
 def problem(r: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
@@ -109,7 +132,7 @@ async def test_open_approve_via_rest_is_audited_and_reaches_the_workflow(stack: 
                               headers=auth("operator"))
     assert r.status_code == 201, r.text
     case_id = r.json()["case_id"]
-    assert case_id == case_workflow_id("lane_blocked", subject)
+    assert case_id == case_workflow_id("default", "lane_blocked", subject)
     handle = stack.client.get_workflow_handle(case_id)
     await until(handle, lambda s: s.stage == "awaiting_approval")
 
@@ -151,7 +174,7 @@ async def test_cli_signal_with_plain_json_reaches_the_worker(stack: Stack) -> No
     stack.fakes.diagnosis = Diagnosis("refused", "down", 0.9, actions=proposed("reconnect"))
     stack.fakes.fixes = {"reconnect"}
     subject = f"destination:{stack.task_queue}"
-    case_id = case_workflow_id("destination_down", subject)
+    case_id = case_workflow_id("default", "destination_down", subject)
     handle = await stack.client.start_workflow(
         RemediationCaseWorkflow.run, CaseInput("destination_down", subject, mode="manual", settle_s=0.2),
         id=case_id, task_queue=stack.task_queue, start_signal=SIGNAL_EVIDENCE,
@@ -226,3 +249,70 @@ async def test_reconnect_resets_the_backoff_of_started_deliveries(stack: Stack) 
                                                   f"destination:{dest}"))
         assert result.ok and result.affected == 1, result
         assert await asyncio.wait_for(handle.result(), 30) == 2  # retried now, not after an hour
+
+
+# -- tenant walls: org "default" (A) must not reach org-b's (B) engines, destinations, cases or replays ------------
+
+async def test_org_a_cannot_open_or_feed_a_case_on_org_b_subjects(stack: Stack) -> None:
+    stack.fakes.diagnosis = Diagnosis("engine:STOPPED", "stopped", 0.9, actions=proposed("restart_engine_channel"))
+    b_subject = "engine:mirth-b:c1"
+    r = await stack.http.post("/api/remediations", json={"kind": "engine_channel_stopped", "subject": b_subject,
+                                                         "mode": "manual"}, headers=auth("operator", org="org-b"))
+    assert r.status_code == 201, r.text
+    b_case = r.json()["case_id"]
+    assert b_case == case_workflow_id("org-b", "engine_channel_stopped", b_subject) == (
+        "case:org-b:engine_channel_stopped:engine:mirth-b:c1")
+    handle = stack.client.get_workflow_handle(b_case)
+    before = await until(handle, lambda s: s.stage == "awaiting_approval")
+    desc = await handle.describe()
+    assert desc.typed_search_attributes.get(SearchAttributeKey.for_keyword(SA_ORG)) == "org-b"
+
+    # A full-auto case on B's engine (restart without approval) and evidence for B's case: both refused.
+    for subject in (b_subject, "destination:b-lab", "engine:mirth-b:other"):
+        problem(await stack.http.post("/api/remediations", json={"kind": "engine_channel_stopped", "subject": subject,
+                                                                 "mode": "full-auto"}, headers=auth("operator")),
+                404, "subject")
+    problem(await stack.http.get(f"/api/remediations/{b_case}", headers=auth("viewer")), 404, "case_id")
+    problem(await stack.http.post(f"/api/remediations/{b_case}/approve", json={}, headers=auth("oncall")), 404,
+            "case_id")
+    problem(await stack.http.post("/api/engines/mirth-b/channels/c1/restart", json={}, headers=auth("operator")),
+            404, "engine")
+    after = await handle.query("state", result_type=CaseState)
+    assert after.evidence_count == before.evidence_count == 1
+    assert after.org_id == "org-b" and after.case_id == b_case
+    r = await stack.http.get("/api/remediations", headers=auth("viewer"))
+    assert b_case not in [i["case_id"] for i in r.json()["items"]]
+    assert await stack.pool.fetchval("select count(*) from audit_log where org_id = 'default' and subject = $1",
+                                     b_case) == 0
+    await handle.terminate("test over")
+
+
+async def test_activities_refuse_another_orgs_engine_and_destination(stack: Stack) -> None:
+    """Even a case of org A that somehow names B's subject cannot act on it: the activities check the owner."""
+    rem = stack.remediation
+    for call in (rem.engine_control(EngineOpInput("mirth-b", "c1", "stop", "default")),
+                 rem.engine_status(EngineOpInput("mirth-b", "c1", "status", "default")),
+                 rem.run_action(ActionInput("case:default:x:y", "default", "pause_destination", "destination:b-lab")),
+                 rem.run_action(ActionInput("case:default:x:y", "default", "discard", "destination:mine",
+                                            params={"destination": "b-lab"})),
+                 rem.run_action(ActionInput("case:default:x:y", "default", "clear_queue", "engine:mirth-b:c1"))):
+        with pytest.raises(ApplicationError) as err:
+            await call
+        assert err.value.type == ERR_NOT_OWNED and err.value.non_retryable
+    assert await stack.pool.fetchval("select count(*) from destination_state") == 0
+
+
+@activity.defn(name="prepare_replay")
+async def _prepare_nothing(inp: PrepareReplayInput) -> PrepareReplayResult:
+    return PrepareReplayResult([])
+
+
+async def test_replay_progress_of_another_org_is_not_found(stack: Stack, task_queue: str) -> None:
+    tq = f"{task_queue}-replay"
+    wid = replay_workflow_id("org-b:1,2")
+    async with Worker(stack.client, task_queue=tq, workflows=[ReplayWorkflow], activities=[_prepare_nothing]):
+        await stack.client.execute_workflow(ReplayWorkflow.run, ReplayInput("org-b", [1, 2], "b-user"), id=wid,
+                                            task_queue=tq, search_attributes=org_attribute("org-b"))
+        r = await stack.http.get(f"/api/replays/{wid}", headers=auth("viewer", org="org-b"))
+        assert r.status_code == 200 and r.json()["org_id"] == "org-b", r.text
+        problem(await stack.http.get(f"/api/replays/{wid}", headers=auth("viewer")), 404, "workflow_id")

@@ -52,7 +52,7 @@ async def open_case(client: Client, tq: str, kind: str, subj: str, **kw: object)
     inp = CaseInput(kind, subj, **{"settle_s": 1.0, **kw})  # type: ignore[arg-type]
     ev = Evidence(kind, subj, "2024-01-01T00:00:00+00:00", "3 connection failures", {"failures": 3}, "refused")
     return await client.start_workflow(
-        RemediationCaseWorkflow.run, inp, id=case_workflow_id(kind, subj), task_queue=tq,
+        RemediationCaseWorkflow.run, inp, id=case_workflow_id("default", kind, subj), task_queue=tq,
         start_signal=SIGNAL_EVIDENCE, start_signal_args=[ev],
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
 
@@ -189,7 +189,7 @@ async def test_evidence_twice_is_one_case(rig: tuple[Client, Fakes, str]) -> Non
     subj = subject()
     first = await open_case(client, tq, "lane_blocked", subj)
     second = await open_case(client, tq, "lane_blocked", subj)
-    assert first.id == second.id == case_workflow_id("lane_blocked", subj)
+    assert first.id == second.id == case_workflow_id("default", "lane_blocked", subj)
     assert first.result_run_id == second.result_run_id
     state = await until(first, lambda s: s.evidence_count == 2 and s.stage == "awaiting_approval")
     assert len(state.evidence) == 2
@@ -201,7 +201,7 @@ async def test_two_restarts_of_one_channel_never_overlap(rig: tuple[Client, Fake
     client, fakes, tq = rig
     channel = f"ch{uuid.uuid4().hex[:6]}"
     fakes.transition_polls = 3  # each transition takes a few polls, so the first restart is still running
-    wid = restart_workflow_id("mirth1", channel)
+    wid = restart_workflow_id("default", "mirth1", channel)
     first = await client.start_workflow(EngineRestartWorkflow.run, RestartInput("mirth1", channel), id=wid,
                                         task_queue=tq)
     with pytest.raises(WorkflowAlreadyStartedError):
@@ -223,7 +223,7 @@ async def test_restart_halts_a_hung_stop_and_clears_only_when_approved(rig: tupl
     fakes.channel(channel).hangs_on_stop = True
     handle = await client.start_workflow(
         EngineRestartWorkflow.run, RestartInput("mirth1", channel, clear_queue=True, stop_timeout_s=10),
-        id=restart_workflow_id("mirth1", channel), task_queue=tq)
+        id=restart_workflow_id("default", "mirth1", channel), task_queue=tq)
     deadline = asyncio.get_running_loop().time() + 20
     while True:
         st = await handle.query("state", result_type=RestartState)
@@ -245,7 +245,7 @@ async def test_restart_clear_times_out_to_skip_and_failed_start_compensates(
     channel = f"ch{uuid.uuid4().hex[:6]}"
     result = await (await client.start_workflow(
         EngineRestartWorkflow.run, RestartInput("mirth1", channel, clear_queue=True),
-        id=restart_workflow_id("mirth1", channel), task_queue=tq)).result()
+        id=restart_workflow_id("default", "mirth1", channel), task_queue=tq)).result()
     assert result.stage == "done" and ("clear_queue" not in [op for _, op in fakes.ops])
     assert any("approval timed out" in h for h in result.history)
 
@@ -253,7 +253,7 @@ async def test_restart_clear_times_out_to_skip_and_failed_start_compensates(
     fakes.channel(other).fails_to_start = True
     handle = await client.start_workflow(EngineRestartWorkflow.run,
                                          RestartInput("mirth1", other, start_timeout_s=10),
-                                         id=restart_workflow_id("mirth1", other), task_queue=tq,
+                                         id=restart_workflow_id("default", "mirth1", other), task_queue=tq,
                                          execution_timeout=timedelta(hours=1))
     with pytest.raises(WorkflowFailureError):
         await handle.result()

@@ -34,7 +34,7 @@ from workflows.contract import (
 )
 from workflows.monitor import FlowMonitorWorkflow
 
-CASE_ID = case_workflow_id("destination_down", "destination:lab")
+CASE_ID = case_workflow_id("default", "destination_down", "destination:lab")
 
 
 def monitor_worker(client: Client, pool: asyncpg.Pool, config: LifelineConfig, task_queue: str) -> Worker:

@@ -108,10 +108,10 @@ async def test_destination_breach_feeds_a_remediation_case(seed: Seeder, pool: a
     ev = SlaEvaluator(pool, config, client=temporal_client, task_queue=task_queue)
     result = await ev.evaluate()
     assert result.opened == ["lab-sla/max_backlog_age"]
-    assert result.cases == ["case:backlog:destination:lab"]
+    assert result.cases == ["case:default:backlog:destination:lab"]
     assert (await ev.evaluate()).cases == []  # fed once
-    assert await pool.fetchval("select case_id from sla_violations") == "case:backlog:destination:lab"
-    handle = temporal_client.get_workflow_handle("case:backlog:destination:lab")
+    assert await pool.fetchval("select case_id from sla_violations") == "case:default:backlog:destination:lab"
+    handle = temporal_client.get_workflow_handle("case:default:backlog:destination:lab")
     desc = await handle.describe()
     assert desc.workflow_type == "RemediationCaseWorkflow"
     await handle.terminate("test done")
