@@ -47,7 +47,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings(args)
     config = _config(settings)
     sup = Supervisor(settings, config, temporal_port=args.temporal_port, ui_port=args.ui_port,
-                     pg_port=int(os.environ.get(PG_PORT_ENV, DEFAULT_PG_PORT)))
+                     pg_port=int(os.environ.get(PG_PORT_ENV, DEFAULT_PG_PORT)),
+                     separate_dispatcher=args.separate_dispatcher)
     return sup.run()
 
 
@@ -192,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = add("up", cmd_up, "start the embedded stack: Temporal, PostgreSQL, worker, dispatcher, API, listeners")
     up.add_argument("--temporal-port", type=int, default=7233)
     up.add_argument("--ui-port", type=int, default=8233)
+    up.add_argument("--separate-dispatcher", action="store_true",
+                    help="run the outbox dispatcher as its own process (the production shape) instead of in the worker")
     st = add("status", cmd_status, "each process of `lifeline up`: pid, state, health, uptime, restarts")
     st.add_argument("--json", action="store_true", help="print the supervisor's status file as JSON")
     wk = add("worker", cmd_worker, "run a Temporal worker (workflows and activities)")

@@ -131,6 +131,8 @@ class Supervisor:
     temporal_port: int = 7233
     ui_port: int = 8233
     pg_port: int = DEFAULT_PG_PORT
+    # The production shape (dispatcher as its own process) instead of the dispatcher inside the worker.
+    separate_dispatcher: bool = False
     children: list[Child] = field(default_factory=list)
     stopping: bool = False
 
@@ -214,7 +216,11 @@ class Supervisor:
             me = [sys.executable, "-m", "workers.cli"]
             # The dispatcher runs inside the worker: deliveries start eagerly (their first workflow task comes
             # straight back to that worker), the fast path the benchmark measures.
-            procs = [Child("worker", [*me, "worker", "--with-dispatcher"]), Child("api", [*me, "api"])]
+            if self.separate_dispatcher:
+                procs = [Child("worker", [*me, "worker"]), Child("dispatcher", [*me, "dispatcher"])]
+            else:
+                procs = [Child("worker", [*me, "worker", "--with-dispatcher"])]
+            procs.append(Child("api", [*me, "api"]))
             if any(ch.mllp for ch in self.config.channels):
                 procs.append(Child("listener", [*me, "listener"]))
             if any(ch.file or ch.sftp for ch in self.config.channels):

@@ -60,6 +60,10 @@ class LifelineAdapter:
         for name in names:
             p = procs.get(name)
             detail: dict[str, str] = {"kind": "process"}
+            if p is None and name == "dispatcher" and "worker" in procs:
+                # `lifeline up` runs the dispatcher inside the worker (the eager-start fast path): it lives and dies
+                # with that process, and the outbox check below still tells a stall.
+                p, detail["in"] = procs["worker"], "worker"
             state: State
             if p is None:
                 state, raw, restarts = "unknown", "not supervised" if status is None else "not running", 0

@@ -101,7 +101,7 @@ class UpStack:
         self.write_config()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "workers.cli", "up", "--temporal-port", str(self.temporal_port),
-             "--ui-port", str(self.ui_port)],
+             "--ui-port", str(self.ui_port), "--separate-dispatcher"],  # the dispatcher is a victim of its own
             cwd=self.root, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout

@@ -92,3 +92,14 @@ async def test_without_a_supervisor_processes_are_unknown_and_build_adapter_list
     built = build_adapter(Engine(name="self", kind="lifeline"), pool=pool, config=CONFIG)
     assert isinstance(built, LifelineAdapter) and built.processes
     assert not LifelineAdapter(pool, CONFIG).processes  # destinations only unless asked
+
+
+async def test_dispatcher_inside_the_worker_follows_the_worker(pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """`lifeline up` runs the dispatcher in the worker: no status row of its own, so it shares the worker's fate."""
+    write_status(tmp_path, [proc("worker", "crash-loop", "down", 5, last_exit="code 1"), proc("api")])
+    adapter = LifelineAdapter(pool, CONFIG, processes=True, data_dir=tmp_path, channels=["process:dispatcher"])
+    [dispatcher] = await adapter.list_channels()
+    assert (dispatcher.state, dispatcher.raw_state, dispatcher.detail["in"]) == ("error", "crash-loop", "worker")
+    write_status(tmp_path, [proc("worker"), proc("api")])
+    [dispatcher] = await adapter.list_channels()
+    assert (dispatcher.state, dispatcher.raw_state) == ("started", "running")
