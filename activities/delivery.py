@@ -21,7 +21,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from activities.breaker import new_breakers
+from activities.breaker import ERR_CIRCUIT_OPEN, new_breakers
 from activities.files import FileWriter
 from activities.files import attempt_timeout_s as file_attempt_timeout_s
 from activities.http import HttpSendError, send_fhir, send_webhook
@@ -151,6 +151,8 @@ class DeliveryActivities:
                 raise ApplicationError("another attempt of this delivery is still sending", "in_flight",
                                        type="in_flight")
             await asyncio.sleep(0.2)
+            if not info.is_local:
+                activity.heartbeat()  # waiting for the other attempt is not a hung send
             row = await deliveries.load_for_delivery(self.pool, inp.org_id, inp.message_id, inp.destination)
             done = _finished(row, inp, attempt)
             if done is not None:
@@ -202,6 +204,12 @@ class DeliveryActivities:
             delay = getattr(exc, "retry_after", None) if isinstance(exc, HttpSendError) else None
             raise ApplicationError(exc.text, exc.error_class, type=exc.error_class,
                                    next_retry_delay=_delay(delay)) from None
+        except ApplicationError as exc:
+            if exc.type == ERR_CIRCUIT_OPEN:
+                # Refused before connecting, so nothing was sent: free the send lease, or the next attempt would wait
+                # out this one's whole budget for an outcome that never comes.
+                await sending.release_send_lease(self.pool, inp.org_id, inp.message_id, inp.destination)
+            raise
         except TransformError as exc:
             await deliveries.record_failure(self.pool, inp.org_id, inp.message_id, inp.destination, attempt,
                                             "permanent", "transform", str(exc)[:1000], None, 0)
