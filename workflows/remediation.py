@@ -49,7 +49,6 @@ with workflow.unsafe.imports_passed_through():
         RecordResolutionInput,
         RestartInput,
         legacy_restart_workflow_id,
-        org_attribute,
         parse_subject,
         restart_workflow_id,
     )
@@ -430,7 +429,8 @@ class RemediationCaseWorkflow:
                 RestartInput(engine, channel, inp.org_id, requested_by=approver or workflow.info().workflow_id),
                 id=wid, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-                search_attributes=org_attribute(inp.org_id) if with_org else None,
+                # No LifelineOrg search attribute on this child: the id carries the org, and a server without the
+                # attribute registered (the time-skipping test server) leaves the start hanging in a task retry loop.
                 static_summary=f"restart for {inp.kind} case")
         except WorkflowAlreadyStartedError:
             self._note(f"{wid} already running: waiting for it instead of starting a second restart")
