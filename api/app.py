@@ -23,6 +23,7 @@ from api.routes import (
     codec,
     dashboard,
     dead_letters,
+    events,
     flow,
     health,
     hl7,
@@ -30,6 +31,7 @@ from api.routes import (
     metrics,
     remediations,
     sla,
+    webhooks,
 )
 from api.routes import config as config_routes
 from infra import tracing
@@ -130,5 +132,7 @@ def create_app(settings: Settings | None = None, config: LifelineConfig | None =
     app.include_router(sla.router)
     app.include_router(audit_routes.router)
     app.include_router(config_routes.router)
+    app.include_router(webhooks.router)
+    app.include_router(events.router)
     tracing.instrument_app(app)
     return app

@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     max_segment_chars: int = Field(default=4 * 1024 * 1024, ge=64)
 
     dispatcher_sweep_seconds: float = 5.0
+    # Webhook subscriptions (docs/webhooks.md). URLs that resolve to loopback, private, link-local (cloud metadata)
+    # or other non-public addresses are refused unless an address falls in one of these networks (CIDR), set by
+    # the platform operator for internal receivers, e.g. ["10.20.0.0/16"]; checked at creation and at each send.
+    webhook_allow_networks: list[str] = Field(default_factory=list)
+    webhook_poll_seconds: float = Field(default=0.5, gt=0)  # how often an idle subscription looks for new events
+    # The event log (GET /api/events/log) and the webhook delivery records are pruned after this many days.
+    event_retention_days: float = Field(default=30.0, gt=0)
+    event_prune_seconds: float = Field(default=3600.0, gt=0)  # how often the worker prunes them
     # The worker also runs the outbox dispatcher and starts deliveries with eager workflow start (the first
     # workflow task comes straight back to this process); `lifeline up` and `lifeline worker --with-dispatcher`.
     worker_dispatch: bool = False
@@ -87,6 +95,18 @@ class Settings(BaseSettings):
     def _postgres_url(cls, v: str) -> str:
         if not v.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
+        return v
+
+    @field_validator("webhook_allow_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a network (CIDR such as 10.0.0.0/8 or 127.0.0.1/32)") from exc
         return v
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ from infra.settings import Settings
 from workers.dispatcher import Dispatcher
 from workers.monitor import ensure_schedule
 from workers.reconnect import until_up
+from workers.webhooks import drainer_for
 from workflows.delivery import DeliveryWorkflow
 from workflows.engine_restart import EngineRestartWorkflow
 from workflows.monitor import FlowMonitorWorkflow
@@ -156,9 +157,12 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
                          settings.dispatcher_sweep_seconds)
                 dispatching = asyncio.create_task(
                     dispatcher.run(settings.database_url, settings.dispatcher_sweep_seconds, stop))
+            # Webhook subscriptions: every worker runs a drainer; each subscription is drained by one at a time.
+            draining = asyncio.create_task(drainer_for(settings, pool, http).run(settings.database_url, stop))
             await stop.wait()
             if dispatching is not None:
                 await dispatching
+            await draining
         await mllp.close()
         for adapter in adapters.values():
             await adapter.close()

@@ -632,3 +632,38 @@ class EvaluateSlaResult:
     closed: list[str] = field(default_factory=list)
     escalated: list[str] = field(default_factory=list)
     cases: list[str] = field(default_factory=list)  # remediation case workflow ids fed
+
+
+# -- event log and webhook subscriptions (workers/webhooks.py; docs/webhooks.md) ---------------------------------
+
+# What the event log records (database triggers, migration 0090) and what a subscription may name; a pattern
+# 'case.*' names every type with that prefix, '*' every type.
+EVENT_TYPES = (
+    "message.received", "message.rejected",
+    "delivery.delivered", "delivery.dead_lettered", "delivery.filtered", "delivery.skipped",
+    "case.opened", "case.awaiting_approval", "case.approved", "case.remediating", "case.verifying",
+    "case.resolved", "case.escalated", "case.rejected",
+    "sla.violated", "sla.escalated", "sla.restored",
+    "config.changed",
+)
+WEBHOOK_TEST_EVENT = "webhook.test"  # sent by POST /api/webhooks/{id}/test only, never logged
+# Event subscriptions are an outbox drained by one drainer per subscription at a time (not a workflow per event:
+# per-message events would double the Temporal work of every delivery). Their retry policy, by default:
+WEBHOOK_DRAINER = "webhook-drainer"
+WEBHOOK_RETRY_INITIAL_S = 1.0
+WEBHOOK_RETRY_BACKOFF = 2.0
+WEBHOOK_RETRY_MAXIMUM_S = 600.0
+WEBHOOK_RETRY_MAXIMUM_ATTEMPTS = 20  # about 2 h of trying before the event is dead-lettered for this subscription
+WEBHOOK_TIMEOUT_S = 10.0
+# Errors of a webhook send; the first two are not retried (dead letter after this attempt).
+ERR_ADDRESS_REFUSED = "AddressRefused"  # the URL resolves to a private/loopback/link-local/metadata address
+ERR_WEBHOOK_REJECTED = "WebhookRejected"  # the receiver answered 4xx (other than 408/425/429)
+ERR_WEBHOOK_FAILED = "WebhookFailed"  # connection error, timeout or 5xx: retried with backoff
+ERR_EVENT_EXPIRED = "EventExpired"  # the event left the log (retention) before it could be sent
+NON_RETRYABLE_WEBHOOK_ERRORS = (ERR_ADDRESS_REFUSED, ERR_WEBHOOK_REJECTED, ERR_EVENT_EXPIRED)
+
+
+def webhook_backoff_s(attempt: int, initial_s: float, maximum_s: float,
+                      backoff: float = WEBHOOK_RETRY_BACKOFF) -> float:
+    """The pause after failed attempt `attempt` (1-based) of one event to one subscription."""
+    return float(min(maximum_s, initial_s * backoff ** max(0, attempt - 1)))

@@ -28,7 +28,7 @@ ORG_SETTING = "lifeline.org"
 SYSTEM_SETTING = "lifeline.system"
 # The only cross-org work there is; a new purpose is a reviewed change to this tuple (tests/stack/test_rls.py).
 SYSTEM_PURPOSES = ("dispatch", "monitor_snapshot", "audit_verify", "api_key_lookup", "notification_delivery",
-                   "config_versions")
+                   "config_versions", "webhook_delivery", "event_retention")
 # How many system transactions each purpose ran in this process (the API exports it on /metrics as
 # lifeline_store_cross_org_transactions_total).
 system_tx_count: Counter[str] = Counter()

@@ -22,6 +22,7 @@ from activities.engines.base import EngineChannel
 from api.app import create_app
 from api.auth import mint_token
 from infra.config import Channel, Destination, Engine, LifelineConfig, MllpOut, Route
+from infra.store.events import list_events
 from tests.conftest import TEST_JWT_SECRET, make_settings
 from workflows.contract import (
     PrepareReplayInput,
@@ -97,8 +98,14 @@ async def test_every_id_bearing_route_answers_404_to_another_org(app: FastAPI, t
             await temporal_env.client.execute_workflow(ReplayWorkflow.run, ReplayInput("org-b", [7], "b"),
                                                        id=b_replay, task_queue=tq,
                                                        search_attributes=org_attribute("org-b"))
+            # A webhook subscription of B's (a public address literal: nothing is sent by the walk) and an event
+            # of B's log (its message's message.received).
+            r = await http.post("/api/webhooks", json={"url": "https://93.184.216.34/hook", "events": ["*"]},
+                                headers=auth("org-b"))
+            assert r.status_code == 201, r.text
+            b_event = (await list_events(app.state.pool, "org-b", limit=1))[0]["id"]
             ids = {"message_id": b_message, "case_id": B_CASE, "workflow_id": b_replay, "engine": "mirth-b",
-                   "channel": "b-in"}
+                   "channel": "b-in", "sub_id": r.json()["id"], "event_id": str(b_event)}
             walked = await _walk(app, http, ids)
     assert walked >= 8, walked
 

@@ -1,6 +1,6 @@
 """Finding 9 (PHI canary): a message whose name, MRN and birth date are unique strings goes through accept, a failed
 attempt, a dead letter, a replay and a remediation case; afterwards the canary appears in no log line, no Temporal
-history read without the codec, no metric, no audit entry and no API response to a viewer."""
+history read without the codec, no metric, no audit entry, no event log entry and no API response to a viewer."""
 
 from __future__ import annotations
 
@@ -86,3 +86,7 @@ async def test_canary_leaves_no_trace_outside_the_store(
     clean("audit_log", json.dumps([dict(r) for r in rows], default=str))
     clean("log lines", "\n".join(r.getMessage() for r in caplog.records))
     clean("deliveries.lane", json.dumps([r["lane"] for r in await pool.fetch("select lane from deliveries")]))
+    # No event log entry (what webhook subscriptions are sent): the walk logged receipt, dead letter and replay.
+    events = await pool.fetch("select type, subject, channel, destination, message_type, data from events")
+    assert {"message.received", "delivery.dead_lettered", "delivery.delivered"} <= {e["type"] for e in events}
+    clean("event log", json.dumps([dict(e) for e in events], default=str))

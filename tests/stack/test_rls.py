@@ -124,4 +124,5 @@ def test_only_the_store_lifts_the_org_wall() -> None:
     outside_store = {u for u in users if not u.startswith("infra/store/")}
     assert outside_store <= {"workers/dispatcher.py", "activities/metrics.py", "activities/oncall.py"}, outside_store
     assert set(SYSTEM_PURPOSES) == {"dispatch", "monitor_snapshot", "audit_verify", "api_key_lookup",
-                                    "notification_delivery", "config_versions"}
+                                    "notification_delivery", "config_versions", "webhook_delivery",
+                                    "event_retention"}

@@ -1,0 +1,135 @@
+"""Webhook subscriptions, the sending side: the event body (ids, types, times and links, never content), its
+signature, and one guarded POST to the address the SSRF check approved."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from activities.http import RETRYABLE_STATUS, retry_after_seconds, sign
+from infra.crypto import Cipher
+from infra.ssrf import AddressRefused, Guard
+from workflows.contract import (
+    ERR_ADDRESS_REFUSED,
+    ERR_WEBHOOK_FAILED,
+    ERR_WEBHOOK_REJECTED,
+    WEBHOOK_TIMEOUT_S,
+)
+
+SECRET_PREFIX = "whsec_"
+# Signature headers: the same scheme as the webhook destination (activities/http.py sign), so one verifier serves
+# both: hex HMAC-SHA256 over "<timestamp>.<raw body>".
+H_TIMESTAMP, H_SIGNATURE = "X-Lifeline-Timestamp", "X-Lifeline-Signature"
+H_EVENT, H_EVENT_ID, H_SUBSCRIPTION, H_SEQUENCE = ("X-Lifeline-Event", "X-Lifeline-Event-Id",
+                                                   "X-Lifeline-Subscription", "X-Lifeline-Sequence")
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def seal_secret(cipher: Cipher, sub_id: str, secret: str) -> tuple[bytes, str]:
+    """(ciphertext, key id): secrets are stored encrypted with the store key, bound to their subscription."""
+    return cipher.encrypt(secret.encode(), aad=sub_id.encode()), cipher.key_id
+
+
+def open_secret(cipher: Cipher, sub_id: str, secret_enc: bytes, key_id: str) -> str:
+    return cipher.decrypt(secret_enc, key_id, aad=sub_id.encode()).decode()
+
+
+@dataclass(frozen=True)
+class EventLinks:
+    public_url: str = "http://localhost:8000"
+    temporal_ui_url: str = "http://localhost:8233"
+    namespace: str = "default"
+
+    def workflow(self, workflow_id: str) -> str:
+        return f"{self.temporal_ui_url}/namespaces/{self.namespace}/workflows/{quote(workflow_id, safe='')}"
+
+    def for_event(self, event_id: int | None, data: dict[str, Any]) -> dict[str, str]:
+        links: dict[str, str] = {}
+        if event_id is not None:
+            links["event"] = f"{self.public_url}/api/events/log/{event_id}"
+        if data.get("message_id"):
+            links["message"] = f"{self.public_url}/api/messages/{quote(str(data['message_id']), safe='')}"
+        if data.get("workflow_id"):
+            links["workflow"] = self.workflow(str(data["workflow_id"]))
+        if data.get("case_id"):
+            links["case"] = f"{self.public_url}/api/remediations/{quote(str(data['case_id']), safe='')}"
+            links.setdefault("workflow", self.workflow(str(data["case_id"])))
+        if data.get("violation_id") is not None:
+            links["sla"] = f"{self.public_url}/api/sla"
+        if data.get("version") is not None and "sla" not in links:
+            links["config"] = f"{self.public_url}/api/config/versions/{data['version']}"
+        return links
+
+
+def iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+def event_body(*, event_id: int | None, event_type: str, occurred_at: Any, org_id: str, subject: str,
+               data: dict[str, Any], subscription: str, sequence: int, attempt: int, redelivery: bool,
+               links: EventLinks) -> dict[str, Any]:
+    """What a subscriber receives; `data` is the event log's (ids, counts, states)."""
+    return {"id": event_id, "type": event_type, "occurred_at": iso(occurred_at), "org": org_id,
+            "subject": subject, "data": data, "links": links.for_event(event_id, data),
+            "subscription": subscription, "sequence": sequence, "attempt": attempt, "redelivery": redelivery}
+
+
+@dataclass
+class SendOutcome:
+    ok: bool
+    status: int | None = None  # the receiver's HTTP status, when it answered
+    error_type: str = ""  # ERR_* of the contract
+    error: str = ""
+    retryable: bool = False
+    retry_after_s: float | None = None
+    latency_ms: int = 0
+    address: str = ""  # the address that was connected to
+
+
+async def post_signed(client: httpx.AsyncClient, guard: Guard, url: str, secret: str, body: dict[str, Any],
+                      headers: dict[str, str] | None = None, timeout: float = WEBHOOK_TIMEOUT_S) -> SendOutcome:
+    """Check the URL (resolve, refuse non-public addresses outside the allow-list), then POST the signed body to
+    the checked address, naming the host in the Host header and as the TLS server name. Never raises for the
+    receiver's or the network's failures: the outcome says what happened and whether to try again."""
+    started = time.monotonic()
+    try:
+        target = await guard.check(url)
+    except AddressRefused as exc:
+        return SendOutcome(False, error_type=ERR_ADDRESS_REFUSED, error=str(exc))
+    raw = json.dumps(body, separators=(",", ":"), default=str).encode()
+    ts = str(int(time.time()))
+    all_headers = {"Content-Type": "application/json", "User-Agent": "Lifeline-Webhooks/1",
+                   "Host": target.host_header(), H_TIMESTAMP: ts, H_SIGNATURE: sign(secret, ts, raw),
+                   **(headers or {})}
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    try:
+        resp = await client.post(target.connect_url(), content=raw, headers=all_headers, timeout=timeout,
+                                 extensions=extensions, follow_redirects=False)
+    except httpx.TimeoutException:
+        return SendOutcome(False, error_type=ERR_WEBHOOK_FAILED, error=f"no answer within {timeout:g}s",
+                           retryable=True, address=target.ip)
+    except httpx.HTTPError as exc:
+        return SendOutcome(False, error_type=ERR_WEBHOOK_FAILED, error=f"connect failed: {type(exc).__name__}",
+                           retryable=True, address=target.ip)
+    latency = int((time.monotonic() - started) * 1000)
+    if 200 <= resp.status_code < 300:
+        return SendOutcome(True, resp.status_code, latency_ms=latency, address=target.ip)
+    if resp.status_code in RETRYABLE_STATUS:
+        return SendOutcome(False, resp.status_code, ERR_WEBHOOK_FAILED, f"HTTP {resp.status_code}", retryable=True,
+                           retry_after_s=retry_after_seconds(resp.headers.get("retry-after")), latency_ms=latency,
+                           address=target.ip)
+    # 3xx is not followed (a redirect would lead past the address check), 4xx says the receiver refuses it.
+    return SendOutcome(False, resp.status_code, ERR_WEBHOOK_REJECTED, f"HTTP {resp.status_code}", latency_ms=latency,
+                       address=target.ip)
