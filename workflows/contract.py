@@ -61,6 +61,8 @@ ACTIVITY_VERIFY_APPROVAL = "verify_approval"
 APPROVER_ROLE = "oncall"
 # A remediated case stays open through CaseInput.cooldown_s and handles a recurrence (flapping) itself.
 PATCH_CASE_COOLDOWN = "case-cooldown"
+# An escalated case held open counts evidence that arrives at any moment, also while it records the escalation.
+PATCH_HOLD_OPEN_EVERY_RECURRENCE = "hold-open-every-recurrence"
 
 
 def org_attribute(org: str, *more: SearchAttributePair[str]) -> TypedSearchAttributes:

@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.approval import verify_approval
     from workflows.contract import (
         PATCH_CASE_COOLDOWN,
+        PATCH_HOLD_OPEN_EVERY_RECURRENCE,
         PATCH_ONCALL_RESOLVE,
         PATCH_VERIFY_APPROVAL,
         QUERY_STATE,
@@ -241,6 +242,11 @@ class RemediationCaseWorkflow:
             await self._stage("rejected", "every proposed action was rejected", audit_action="case.rejected",
                               actor=s.approver or "lifeline")
         else:
+            if inp.cooldown_s > 0:
+                # Evidence observed from the escalation on is a recurrence, also when it arrives while the
+                # escalation is still being recorded and notified (only read by _hold_open's patched path).
+                self._cooling_since = workflow.now()
+                self._recurred = False
             await self._escalate(inp, outcome)
             if inp.cooldown_s > 0 and workflow.patched(PATCH_CASE_COOLDOWN):
                 await self._hold_open(inp)
@@ -283,14 +289,23 @@ class RemediationCaseWorkflow:
         counting the recurrences as flapping evidence, so a flapping subject stays one case for the person."""
         s = self._state
         assert s is not None
-        while True:
+        # Unpatched, a recurrence signalled while the case was still recording the escalation or the previous
+        # recurrence (activities) was reset at the top of the loop and lost. Patched, evidence observed since the
+        # escalation counts (run() sets _cooling_since before escalating) and a recurrence is cleared only once
+        # it has been counted.
+        every = workflow.patched(PATCH_HOLD_OPEN_EVERY_RECURRENCE)
+        if every and self._cooling_since is None:
             self._cooling_since = workflow.now()
-            self._recurred = False
+        while True:
+            if not every:
+                self._cooling_since = workflow.now()
+                self._recurred = False
             try:
                 await workflow.wait_condition(lambda: self._recurred, timeout=timedelta(seconds=inp.cooldown_s))
             except TimeoutError:
                 self._cooling_since = None
                 return
+            self._recurred = False
             s.recurrences += 1
             summary = (f"flapping: {inp.subject} still failing after escalation; came back {s.recurrences} time(s) "
                        f"(the case stays open until {inp.cooldown_s:g}s pass without it)")

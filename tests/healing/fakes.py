@@ -67,6 +67,8 @@ class Fakes:
     transition_polls: int = 2
     fixed: bool = False
     refused: list[str] = field(default_factory=list)  # claimed approvers whose token the stand-in refused
+    # stage -> events: each record_case of that stage waits for the next event (to hold the workflow inside it)
+    stage_gates: dict[str, list[asyncio.Event]] = field(default_factory=dict)
 
     def activities(self) -> list[Any]:
         return [self.diagnose, self.record_case, self.record_resolution, self.run_action, self.measure,
@@ -88,6 +90,9 @@ class Fakes:
     @activity.defn(name="record_case")
     async def record_case(self, inp: RecordCaseInput) -> None:
         self.stages.append(inp.state.stage)
+        gates = self.stage_gates.get(inp.state.stage)
+        if gates:
+            await gates.pop(0).wait()
         if inp.audit_action:
             self.case_audits.append((inp.audit_action, inp.actor))
 
