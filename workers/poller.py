@@ -501,15 +501,13 @@ async def run_poller(settings: Settings, config: LifelineConfig, only: list[str]
     log.info("poller started: %d file channel(s)%s", len(pollers),
              "" if pollers else " (none configured; idle)")
     tasks: list[asyncio.Task[None]] = []
+    held: set[tuple[str, str]] = set()
     try:
-        held: set[tuple[str, str]] = set()
         while not stop.is_set():
             for key, poller in pollers.items():
                 if key in held:
                     continue
-                got = await lock_conn.fetchval("select pg_try_advisory_lock(hashtext($1))",
-                                               f"lifeline-poller:{key[0]}:{key[1]}")
-                if got:
+                if await fstore.try_lock_poller(lock_conn, *key):
                     held.add(key)
                     log.info("channel %s: polling %s", key[1], poller.source.location)
                     tasks.append(asyncio.create_task(poller.run(stop)))
@@ -527,6 +525,9 @@ async def run_poller(settings: Settings, config: LifelineConfig, only: list[str]
         for p in pollers.values():
             with contextlib.suppress(Exception):
                 await p.source.reset()
+        for key in held:
+            with contextlib.suppress(Exception):
+                await fstore.release_poller(lock_conn, *key)
         await listen_conn.close()
         await lock_conn.close()
         await pool.close()

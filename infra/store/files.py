@@ -295,6 +295,22 @@ async def source_measure(db: Db, org_id: str, channel: str, since: datetime) -> 
             "source_files": float(row["files"]), "source_error_files": float(row["error_files"])}
 
 
+def _poller_lock_name(org_id: str, channel: str) -> str:
+    return f"lifeline-poller:{org_id}:{channel}"
+
+
+async def try_lock_poller(conn: asyncpg.Connection, org_id: str, channel: str) -> bool:
+    """Become the channel's only poller across processes: a session advisory lock on a dedicated connection (not a
+    pool's: the lock belongs to the session), held until release_poller or until the connection ends, so PostgreSQL
+    frees it when the process dies. False while another process holds it."""
+    return bool(await conn.fetchval("select pg_try_advisory_lock(hashtext($1))", _poller_lock_name(org_id, channel)))
+
+
+async def release_poller(conn: asyncpg.Connection, org_id: str, channel: str) -> bool:
+    """Give up polling the channel (another process may take it); False when this session did not hold it."""
+    return bool(await conn.fetchval("select pg_advisory_unlock(hashtext($1))", _poller_lock_name(org_id, channel)))
+
+
 async def request_poll(conn: Db, org_id: str, channel: str, *, reconnect: bool = False) -> None:
     """Wake the channel's poller now (NOTIFY lifeline_files); with reconnect it logs in again first."""
     await conn.execute("select pg_notify('lifeline_files', $1)",

@@ -186,3 +186,25 @@ async def test_kill_9_of_the_poller_mid_file_stores_every_message_exactly_once(
             proc.send_signal(signal.SIGTERM)
             proc.wait(20)
         await conn.close()
+
+
+async def test_one_poller_per_channel_across_processes(db_url: str) -> None:
+    """The poller lock (a session advisory lock): one holder per (org, channel), free again on release or when the
+    holder's session ends (a killed poller), so a second `lifeline poller` takes over instead of polling too."""
+    from infra.store import files as fstore
+
+    first, second = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
+    try:
+        assert await fstore.try_lock_poller(first, "default", "lab-files")
+        assert not await fstore.try_lock_poller(second, "default", "lab-files")
+        assert await fstore.try_lock_poller(second, "default", "billing-files")  # another channel
+        assert await fstore.try_lock_poller(second, "other-org", "lab-files")  # the same name in another org
+        assert await fstore.release_poller(first, "default", "lab-files")
+        assert not await fstore.release_poller(first, "default", "lab-files")  # no longer held
+        assert await fstore.try_lock_poller(second, "default", "lab-files")
+        await second.close()  # the holder dies: PostgreSQL ends its session and frees its locks
+        assert await fstore.try_lock_poller(first, "default", "lab-files")
+    finally:
+        await first.close()
+        if not second.is_closed():
+            await second.close()
