@@ -31,7 +31,7 @@ from workers.cli import build_parser
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
 KUBERNETES_VERSION = "1.33.0"  # the oldest minor still supported upstream when this was written
-PROCESSES = {"worker", "dispatcher", "listener", "api"}
+PROCESSES = {"worker", "dispatcher", "listener", "api", "poller"}
 
 
 def _load() -> list[tuple[str, dict[str, Any]]]:
@@ -103,6 +103,25 @@ def test_deployments_run_lifeline_processes_with_requests(resources: list[tuple[
     assert [c["args"] for c in _containers(job)] == [["migrate"]]
 
 
+def test_the_poller_runs_once_with_the_file_share(resources: list[tuple[str, dict[str, Any]]]) -> None:
+    """One poller pod (its advisory lock allows one active poller per channel anyway), hardened like the others,
+    with the directory-source share where compose mounts it and the SFTP spool under the data directory."""
+    deployments = _of(resources, "Deployment")
+    poller = deployments["lifeline-poller"]
+    assert poller["spec"]["replicas"] == 1
+    (container,) = _containers(poller)
+    assert container["args"] == ["poller"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/etc/lifeline", "/srv/lifeline/data", "/var/lifeline"} <= mounts
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["poller"]
+    assert any(v.endswith(":/var/lifeline") for v in compose["volumes"])
+    for name, doc in deployments.items():  # the same hardening as every other process
+        pod = doc["spec"]["template"]["spec"]
+        assert pod["securityContext"] == poller["spec"]["template"]["spec"]["securityContext"], name
+        for c in _containers(doc):
+            assert c["securityContext"] == container["securityContext"], name
+
+
 def test_api_probes_healthz_and_readyz(resources: list[tuple[str, dict[str, Any]]]) -> None:
     api = _containers(_of(resources, "Deployment")["lifeline-api"])[0]
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -130,7 +149,8 @@ def test_services_and_budgets_select_real_pods(resources: list[tuple[str, dict[s
         for port in svc["spec"]["ports"]:
             assert port["targetPort"] in named, (name, port)
     budgets = _of(resources, "PodDisruptionBudget")
-    assert len(budgets) == len(PROCESSES)
+    replicated = {name for name, d in _of(resources, "Deployment").items() if d["spec"]["replicas"] > 1}
+    assert set(budgets) == replicated, "a budget per process running several pods (one pod: it would block drains)"
     for name, pdb in budgets.items():
         assert len(matching(pdb["spec"]["selector"]["matchLabels"])) == 1, name
         deployment = _of(resources, "Deployment")[name]
