@@ -68,14 +68,15 @@ def on_mrg(m: Mapper, mrg: Segment) -> None:
 
 # -- AllergyIntolerance -----------------------------------------------------------------------------
 
+_NO_ALLERGEN = "allergen missing: AllergyIntolerance not created"
+
+
 def allergy(m: Mapper, al1: Segment) -> None:
     """AL1 → AllergyIntolerance keyed on patient + allergen."""
     m.use(al1, 1)
     allergen = m.comp(al1, 3)
-    code = cwe_concept(allergen, m.cfg)
+    code = m.required_concept(al1, 3, _NO_ALLERGEN)
     if code is None:
-        m.issue(m.loc(al1, 3), "allergen missing: AllergyIntolerance not created")
-        m.use_all(al1)
         return
     pat_sys, pat_val = m.patient_parts()
     key = m.unique_key("AllergyIntolerance", pat_sys, pat_val, allergen(3), allergen(1) or allergen(2))
@@ -129,10 +130,8 @@ def allergy_iam(m: Mapper, iam: Segment) -> None:
     """IAM (ADT^A60) → AllergyIntolerance keyed on the allergy unique identifier (IAM-7)."""
     m.use(iam, 1)
     allergen = m.comp(iam, 3)
-    code = cwe_concept(allergen, m.cfg)
+    code = m.required_concept(iam, 3, _NO_ALLERGEN)
     if code is None:
-        m.issue(m.loc(iam, 3), "allergen missing: AllergyIntolerance not created")
-        m.use_all(iam)
         return
     ident = ei_identifier(m.comp(iam, 7), m.cfg, m.authority)
     pat_sys, pat_val = m.patient_parts()
@@ -172,8 +171,7 @@ def condition(m: Mapper, dg1: Segment) -> None:
     elif code is not None and desc and "text" not in code:
         code["text"] = desc
     if code is None:
-        m.issue(m.loc(dg1, 3), "diagnosis code missing: Condition not created")
-        m.use_all(dg1)
+        m.skip(dg1, 3, "diagnosis code missing: Condition not created")
         return
     ident = ei_identifier(m.comp(dg1, 20), m.cfg, m.authority)
     pat_sys, pat_val = m.patient_parts()
@@ -224,8 +222,7 @@ def procedure(m: Mapper, pr1: Segment) -> None:
     if code is None and desc:
         code = {"text": desc}
     if code is None:
-        m.issue(m.loc(pr1, 3), "procedure code missing: Procedure not created")
-        m.use_all(pr1)
+        m.skip(pr1, 3, "procedure code missing: Procedure not created")
         return
     ident = ei_identifier(m.comp(pr1, 19), m.cfg, m.authority)
     pat_sys, pat_val = m.patient_parts()

@@ -14,6 +14,7 @@ from interop.fhir.datatypes import (
     DateError,
     MappingConfig,
     conditional_query,
+    cwe_concept,
     parse_dtm,
     to_date,
     to_datetime,
@@ -141,6 +142,19 @@ class Mapper:
 
     def issue(self, location: str, reason: str, severity: str = "warning") -> None:
         self.issues.append(MappingIssue(location, reason, severity))
+
+    def skip(self, seg: Segment, n: int, reason: str, severity: str = "warning") -> None:
+        """The segment cannot be mapped without field n: an issue at that field, and the segment counts as read."""
+        self.issue(self.loc(seg, n), reason, severity)
+        self.use_all(seg)
+
+    def required_concept(self, seg: Segment, n: int, missing: str, table: str = "",
+                         severity: str = "warning") -> JSON | None:
+        """Field n as a CodeableConcept; None (the segment skipped with `missing`) when it holds no code."""
+        code = cwe_concept(self.comp(seg, n), self.cfg, table)
+        if code is None:
+            self.skip(seg, n, missing, severity)
+        return code
 
     # -- dates ------------------------------------------------------------------------------------
     def datetime(self, seg: Segment, n: int, value: str | None = None) -> str | None:

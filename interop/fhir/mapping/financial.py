@@ -231,8 +231,7 @@ def charge_item(m: Mapper, ft1: Segment) -> None:
     m.use(ft1, 1, 3)
     code = cwe_concept(m.comp(ft1, 7), m.cfg, "0132") or cwe_concept(m.comp(ft1, 25), m.cfg)
     if code is None:
-        m.issue(m.loc(ft1, 7), "transaction code missing: ChargeItem not created")
-        m.use_all(ft1)
+        m.skip(ft1, 7, "transaction code missing: ChargeItem not created")
         return
     if (desc := m.val(ft1, 8)) and "text" not in code:
         code["text"] = desc

@@ -30,10 +30,8 @@ def on_rxo(m: Mapper, rxo: Segment) -> None:
         m.use_all(rxo)
         return
     orc = orders.take_orc(m, rxo)
-    med = cwe_concept(m.comp(rxo, 1), m.cfg)
+    med = m.required_concept(rxo, 1, "requested give code missing: no MedicationRequest")
     if med is None:
-        m.issue(m.loc(rxo, 1), "requested give code missing: no MedicationRequest")
-        m.use_all(rxo)
         return
     res = _request(m, orc, rxo, med)
     dose = number(m.val(rxo, 2))
@@ -94,10 +92,8 @@ def _add_request(m: Mapper, orc: Segment | None, seg: Segment, res: JSON) -> Non
 
 def medication_request(m: Mapper, orc: Segment | None, rxe: Segment) -> None:
     """ORC + RXE → MedicationRequest keyed on the placer order number."""
-    med = cwe_concept(m.comp(rxe, 2), m.cfg)
+    med = m.required_concept(rxe, 2, "give code missing: no MedicationRequest", severity="error")
     if med is None:
-        m.issue(m.loc(rxe, 2), "give code missing: no MedicationRequest", "error")
-        m.use_all(rxe)
         return
     res = _request(m, orc, rxe, med)
     dosage: JSON = {}
@@ -141,10 +137,8 @@ def on_rxd(m: Mapper, rxd: Segment) -> None:
     """RXD → MedicationDispense (keyed on RXD-7 prescription number + RXD-1 dispense counter)."""
     m.use(rxd, 1)
     orc = orders.take_orc(m, rxd)
-    med = cwe_concept(m.comp(rxd, 2), m.cfg)
+    med = m.required_concept(rxd, 2, "dispense/give code missing: no MedicationDispense")
     if med is None:
-        m.issue(m.loc(rxd, 2), "dispense/give code missing: no MedicationDispense")
-        m.use_all(rxd)
         return
     res: JSON = {"resourceType": "MedicationDispense", "status": "completed",
                  "medicationReference": medication(m, med, cwe_concept(m.comp(rxd, 6), m.cfg)),

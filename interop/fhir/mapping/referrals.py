@@ -135,10 +135,8 @@ def _link_providers(m: Mapper) -> None:
 def problem(m: Mapper, prb: Segment) -> None:
     """PRB → Condition (problem-list-item) keyed on the problem instance id (PRB-4)."""
     m.use(prb, 1, 2)
-    code = cwe_concept(m.comp(prb, 3), m.cfg)
+    code = m.required_concept(prb, 3, "problem id missing: Condition not created")
     if code is None:
-        m.issue(m.loc(prb, 3), "problem id missing: Condition not created")
-        m.use_all(prb)
         return
     ident = ei_identifier(m.comp(prb, 4), m.cfg, m.authority)
     pat_sys, pat_val = m.patient_parts()
