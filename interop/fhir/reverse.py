@@ -267,6 +267,24 @@ def _ei(ident: dict[str, Any] | None) -> str:
     return _join([_e(ident.get("value", "")), _e(unquote(namespace))], _SEPS.component)
 
 
+def _typed_identifier(resource: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """The resource's identifier of a v2 identifier type (PLAC, FILL, ...), if it has one."""
+    return next((i for i in resource.get("identifier", []) if any(
+        c.get("code") == kind for c in (i.get("type") or {}).get("coding", []))), None)
+
+
+def _bundle_parts(bundle: dict[str, Any], kind: str, needs: str) -> tuple[dict[Any, dict[str, Any]], dict[str, Any],
+                                                                           list[dict[str, Any]]]:
+    """(resources by fullUrl, the first Patient, the resources of `kind`); a MappingError naming `needs` when the
+    Bundle lacks a Patient or a resource of that kind."""
+    entries = {e.get("fullUrl"): e.get("resource", {}) for e in bundle.get("entry", [])}
+    patients = [r for r in entries.values() if r.get("resourceType") == "Patient"]
+    found = [r for r in entries.values() if r.get("resourceType") == kind]
+    if not patients or not found:
+        raise MappingError(f"Bundle: {needs} needs a Patient and a {kind}")
+    return entries, patients[0], found
+
+
 def _obx(n: int, obs: dict[str, Any]) -> str:
     vtype, value, unit = "", "", ""
     for key, kind in _VALUE_TYPES:
@@ -308,23 +326,16 @@ def report_to_oru(
 ) -> str:
     """Build an ER7 ORU^R01 from a Bundle holding a Patient, DiagnosticReport(s) and their Observations:
     OBR-2/3 placer/filler, OBR-4 code, OBR-7 effective, OBR-22 issued, OBR-25 status; OBX per result."""
-    entries = {e.get("fullUrl"): e.get("resource", {}) for e in bundle.get("entry", [])}
-    patients = [r for r in entries.values() if r.get("resourceType") == "Patient"]
-    reports = [r for r in entries.values() if r.get("resourceType") == "DiagnosticReport"]
-    if not patients or not reports:
-        raise MappingError("Bundle: an ORU^R01 needs a Patient and a DiagnosticReport")
+    entries, patient, reports = _bundle_parts(bundle, "DiagnosticReport", "an ORU^R01")
     msh, _ = _header("ORU", "R01", "ORU_R01", sending, receiving, control_id, version, timestamp)
-    segments = [msh, _pid_segment(patients[0], id_prefix)]
+    segments = [msh, _pid_segment(patient, id_prefix)]
     field = _SEPS.field
     for n, report in enumerate(reports, start=1):
-        def typed(kind: str, resource: dict[str, Any] = report) -> dict[str, Any] | None:
-            return next((i for i in resource.get("identifier", []) if any(
-                c.get("code") == kind for c in (i.get("type") or {}).get("coding", []))), None)
         placer = None
         for ref in report.get("basedOn", []):
             request = entries.get(ref.get("reference"), {})
-            placer = typed("PLAC", request) or placer
-        filler = typed("FILL")
+            placer = _typed_identifier(request, "PLAC") or placer
+        filler = _typed_identifier(report, "FILL")
         obr = [""] * 26
         obr[0], obr[1], obr[2], obr[3] = "OBR", str(n), _ei(placer), _ei(filler)
         obr[4] = _cwe(report.get("code") or {})
@@ -383,20 +394,13 @@ def request_to_order(
     ORC-12 requester, start and priority, notes as NTE."""
     if message not in REQUEST_MESSAGES:
         raise MappingError(f"request_to_order: message must be ORM or OML, not {message!r}")
-    entries = {e.get("fullUrl"): e.get("resource", {}) for e in bundle.get("entry", [])}
-    patients = [r for r in entries.values() if r.get("resourceType") == "Patient"]
-    requests = [r for r in entries.values() if r.get("resourceType") == "ServiceRequest"]
-    if not patients or not requests:
-        raise MappingError("Bundle: an order message needs a Patient and a ServiceRequest")
+    entries, patient, requests = _bundle_parts(bundle, "ServiceRequest", "an order message")
     trigger, structure = ("O01", "ORM_O01") if message == "ORM" else ("O21", "OML_O21")
     msh, _ = _header(message, trigger, structure, sending, receiving, control_id, version, timestamp)
-    segments = [msh, _pid_segment(patients[0], id_prefix)]
+    segments = [msh, _pid_segment(patient, id_prefix)]
     field, comp = _SEPS.field, _SEPS.component
     for n, sr in enumerate(requests, start=1):
-        def typed(kind: str, resource: dict[str, Any] = sr) -> dict[str, Any] | None:
-            return next((i for i in resource.get("identifier", []) if any(
-                c.get("code") == kind for c in (i.get("type") or {}).get("coding", []))), None)
-        placer, filler = _ei(typed("PLAC")), _ei(typed("FILL"))
+        placer, filler = _ei(_typed_identifier(sr, "PLAC")), _ei(_typed_identifier(sr, "FILL"))
         status = str(sr.get("status", "active"))
         start = _dtm(sr.get("occurrenceDateTime"), "ServiceRequest.occurrenceDateTime")
         priority = _PRIORITY_V2.get(str(sr.get("priority", "")), "")
