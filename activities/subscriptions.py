@@ -15,7 +15,7 @@ import httpx
 
 from activities.http import RETRYABLE_STATUS, retry_after_seconds, sign
 from infra.crypto import Cipher
-from infra.ssrf import AddressRefused, Guard
+from infra.ssrf import AddressRefused, Guard, Target
 from workflows.contract import (
     ERR_ADDRESS_REFUSED,
     ERR_WEBHOOK_FAILED,
@@ -99,15 +99,18 @@ class SendOutcome:
 
 
 async def post_signed(client: httpx.AsyncClient, guard: Guard, url: str, secret: str, body: dict[str, Any],
-                      headers: dict[str, str] | None = None, timeout: float = WEBHOOK_TIMEOUT_S) -> SendOutcome:
+                      headers: dict[str, str] | None = None, timeout: float = WEBHOOK_TIMEOUT_S,
+                      target: Target | None = None) -> SendOutcome:
     """Check the URL (resolve, refuse non-public addresses outside the allow-list), then POST the signed body to
     the checked address, naming the host in the Host header and as the TLS server name. Never raises for the
-    receiver's or the network's failures: the outcome says what happened and whether to try again."""
+    receiver's or the network's failures: the outcome says what happened and whether to try again. `target`: a
+    check made moments ago for the same URL (a batch of sends checks once; it still connects to what was checked)."""
     started = time.monotonic()
-    try:
-        target = await guard.check(url)
-    except AddressRefused as exc:
-        return SendOutcome(False, error_type=ERR_ADDRESS_REFUSED, error=str(exc))
+    if target is None:
+        try:
+            target = await guard.check(url)
+        except AddressRefused as exc:
+            return SendOutcome(False, error_type=ERR_ADDRESS_REFUSED, error=str(exc))
     raw = json.dumps(body, separators=(",", ":"), default=str).encode()
     ts = str(int(time.time()))
     all_headers = {"Content-Type": "application/json", "User-Agent": "Lifeline-Webhooks/1",

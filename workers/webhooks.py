@@ -25,16 +25,17 @@ from activities.subscriptions import (
     H_SEQUENCE,
     H_SUBSCRIPTION,
     EventLinks,
+    SendOutcome,
     event_body,
     open_secret,
     post_signed,
 )
 from infra.crypto import Cipher
 from infra.settings import Settings
-from infra.ssrf import Guard
+from infra.ssrf import AddressRefused, Guard, Target
 from infra.store import events as event_store
 from infra.store import webhooks as store
-from workflows.contract import ERR_EVENT_EXPIRED, WEBHOOK_RETRY_MAXIMUM_S, webhook_backoff_s
+from workflows.contract import ERR_ADDRESS_REFUSED, ERR_EVENT_EXPIRED, WEBHOOK_RETRY_MAXIMUM_S, webhook_backoff_s
 
 log = logging.getLogger("lifeline.webhooks")
 _LOCK_CLASS = 0x57EB  # advisory lock namespace of webhook subscriptions: (class, hashtext(subscription id))
@@ -43,7 +44,7 @@ _LOCK_CLASS = 0x57EB  # advisory lock namespace of webhook subscriptions: (class
 class WebhookDrainer:
     def __init__(self, pool: asyncpg.Pool, cipher: Cipher, guard: Guard, links: EventLinks, *,
                  poll_s: float = 0.5, retention: timedelta = timedelta(days=30), prune_every_s: float = 3600.0,
-                 http: httpx.AsyncClient | None = None) -> None:
+                 http: httpx.AsyncClient | None = None, batch: int = 100) -> None:
         self.pool = pool
         self.cipher = cipher
         self.guard = guard
@@ -52,6 +53,7 @@ class WebhookDrainer:
         self.retention = retention
         self.prune_every_s = prune_every_s
         self._http = http
+        self.batch = batch  # pending sends read per round trip
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.sent = 0  # successful sends by this drainer (bench and tests read it)
         self.admissions = 0  # looks at the log for new events
@@ -134,55 +136,77 @@ class WebhookDrainer:
         """Send the subscription's pending events in sequence order until it is deleted or disabled."""
         while not stop.is_set():
             try:
-                head = await store.head(self.pool, org, sid)
-                if head is None:
+                batch = await store.pending(self.pool, org, sid, self.batch)
+                if not batch:
                     self.admissions += 1
                     if await store.admit(self.pool, org, sid) == 0:
                         await _sleep(stop, self.poll_s)
                     continue
-                if not head["enabled"]:
+                if not batch[0]["enabled"]:
                     return
-                delay = (head["next_at"] - datetime.now(UTC)).total_seconds()
-                if delay > 0:
+                delay = (batch[0]["next_at"] - datetime.now(UTC)).total_seconds()
+                if delay > 0:  # the head waits for its retry; everything behind it waits too (order)
                     await _sleep(stop, min(delay, self.poll_s * 4))
                     continue
-                await self._send(org, sid, head)
+                await self._send_batch(org, sid, batch, stop)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("webhook %s: store unavailable (%s); retrying", sid, type(exc).__name__)
                 await _sleep(stop, 1.0)
 
-    async def _send(self, org: str, sid: str, head: dict[str, Any]) -> None:
-        delivery_id = int(head["delivery_id"])
-        attempt = int(head["attempts"]) + 1
-        if head["logged_id"] is None:
-            await store.record_failure(self.pool, org, delivery_id, f"{ERR_EVENT_EXPIRED}: the event left the log"
-                                       " (retention) before it was sent", None, None)
-            return
-        secret = open_secret(self.cipher, sid, bytes(head["secret_enc"]), str(head["key_id"]))
-        data = head["data"] if isinstance(head["data"], dict) else {}
-        body = event_body(event_id=int(head["event_id"]), event_type=str(head["type"]),
-                          occurred_at=head["occurred_at"], org_id=org, subject=str(head["subject"]), data=data,
-                          subscription=sid, sequence=int(head["seq"]), attempt=attempt,
-                          redelivery=head["replay_of"] is not None, links=self.links)
+    async def _send_batch(self, org: str, sid: str, batch: list[dict[str, Any]], stop: asyncio.Event) -> None:
+        """Send in order until one fails; successes are recorded together (a crash before that re-sends them:
+        at least once, receivers de-duplicate by event id), a failure at once."""
         assert self._http is not None
-        outcome = await post_signed(self._http, self.guard, str(head["url"]), secret, body, headers={
-            H_EVENT: str(head["type"]), H_EVENT_ID: str(head["event_id"]), H_SUBSCRIPTION: sid,
-            H_SEQUENCE: str(head["seq"])})
-        if outcome.ok:
-            await store.record_delivered(self.pool, org, delivery_id, outcome.status or 200)
-            self.sent += 1
+        first = batch[0]
+        secret = open_secret(self.cipher, sid, bytes(first["secret_enc"]), str(first["key_id"]))
+        done_ids: list[int] = []
+        done_status: list[int] = []
+        # One address check (resolution included) per batch: every send of the batch goes to the checked address.
+        try:
+            target: Target | None = await self.guard.check(str(first["url"]))
+        except AddressRefused as exc:
+            await self._failed(org, sid, first, int(first["attempts"]) + 1,
+                               SendOutcome(False, error_type=ERR_ADDRESS_REFUSED, error=str(exc)))
             return
+        try:
+            for row in batch:
+                if stop.is_set():
+                    return
+                attempt = int(row["attempts"]) + 1
+                if row["logged_id"] is None:
+                    await store.record_failure(self.pool, org, int(row["delivery_id"]), f"{ERR_EVENT_EXPIRED}:"
+                                               " the event left the log (retention) before it was sent", None, None)
+                    continue
+                data = row["data"] if isinstance(row["data"], dict) else {}
+                body = event_body(event_id=int(row["event_id"]), event_type=str(row["type"]),
+                                  occurred_at=row["occurred_at"], org_id=org, subject=str(row["subject"]), data=data,
+                                  subscription=sid, sequence=int(row["seq"]), attempt=attempt,
+                                  redelivery=row["replay_of"] is not None, links=self.links)
+                outcome = await post_signed(self._http, self.guard, str(row["url"]), secret, body, headers={
+                    H_EVENT: str(row["type"]), H_EVENT_ID: str(row["event_id"]), H_SUBSCRIPTION: sid,
+                    H_SEQUENCE: str(row["seq"])}, target=target)
+                if outcome.ok:
+                    done_ids.append(int(row["delivery_id"]))
+                    done_status.append(outcome.status or 200)
+                    self.sent += 1
+                    continue
+                await self._failed(org, sid, row, attempt, outcome)
+                return
+        finally:
+            if done_ids:
+                await store.record_delivered_many(self.pool, org, done_ids, done_status)
+
+    async def _failed(self, org: str, sid: str, row: dict[str, Any], attempt: int, outcome: SendOutcome) -> None:
         retry_at = None
-        if outcome.retryable and attempt < int(head["max_attempts"]):
-            pause = webhook_backoff_s(attempt, float(head["initial_interval_s"]),
-                                      float(head["maximum_interval_s"]))
+        if outcome.retryable and attempt < int(row["max_attempts"]):
+            pause = webhook_backoff_s(attempt, float(row["initial_interval_s"]), float(row["maximum_interval_s"]))
             if outcome.retry_after_s is not None:
                 pause = min(max(pause, outcome.retry_after_s), WEBHOOK_RETRY_MAXIMUM_S)
             retry_at = datetime.now(UTC) + timedelta(seconds=pause)
         else:
-            log.warning("webhook %s: event %s dead-lettered after %d attempt(s): %s %s", sid, head["event_id"],
+            log.warning("webhook %s: event %s dead-lettered after %d attempt(s): %s %s", sid, row["event_id"],
                         attempt, outcome.error_type, outcome.status or "")
-        await store.record_failure(self.pool, org, delivery_id, f"{outcome.error_type}: {outcome.error}",
+        await store.record_failure(self.pool, org, int(row["delivery_id"]), f"{outcome.error_type}: {outcome.error}",
                                    outcome.status, retry_at)
 
 

@@ -136,20 +136,36 @@ async def admit(db: Db, org_id: str, sub_id: str, batch: int = 500) -> int:
     return len(rows)
 
 
-async def head(db: Db, org_id: str, sub_id: str) -> dict[str, Any] | None:
-    """The subscription's next pending send (lowest sequence number) with its event (None fields when the event
-    was pruned), or None when nothing is pending."""
+async def pending(db: Db, org_id: str, sub_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    """The subscription's next pending sends in sequence order, each with its event (None fields when the event
+    was pruned) and the subscription's URL, secret and retry policy."""
     async with org_tx(db, org_id, readonly=True) as c:
-        row = await c.fetchrow(
+        rows = await c.fetch(
             "select d.id as delivery_id, d.seq, d.attempts, d.next_at, d.replay_of, d.event_id,"
             " e.type, e.occurred_at, e.subject, e.data, e.id as logged_id,"
             " s.url, s.max_attempts, s.initial_interval_s, s.maximum_interval_s, s.enabled, s.secret_enc,"
             " s.key_id"
             " from webhook_deliveries d join webhook_subscriptions s on s.id = d.subscription_id"
             " left join events e on e.id = d.event_id and e.org_id = d.org_id"
-            " where d.org_id = $1 and d.subscription_id = $2 and d.status = 'pending' order by d.seq limit 1",
-            org_id, sub_id)
-    return dict(row) if row is not None else None
+            " where d.org_id = $1 and d.subscription_id = $2 and d.status = 'pending' order by d.seq limit $3",
+            org_id, sub_id, limit)
+    return [dict(r) for r in rows]
+
+
+async def head(db: Db, org_id: str, sub_id: str) -> dict[str, Any] | None:
+    """The subscription's next pending send, or None."""
+    rows = await pending(db, org_id, sub_id, 1)
+    return rows[0] if rows else None
+
+
+async def record_delivered_many(db: Db, org_id: str, delivery_ids: list[int], statuses: list[int]) -> None:
+    """Sends the receiver accepted (one statement for a run of them)."""
+    async with org_tx(db, org_id) as c:
+        await c.execute(
+            "update webhook_deliveries d set status = 'delivered', attempts = d.attempts + 1,"
+            " response_status = u.status, last_error = null, finished_at = now()"
+            " from unnest($2::bigint[], $3::int[]) as u(id, status) where d.org_id = $1 and d.id = u.id",
+            org_id, delivery_ids, statuses)
 
 
 async def record_delivered(db: Db, org_id: str, delivery_id: int, response_status: int) -> None:
