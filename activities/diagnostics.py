@@ -89,7 +89,13 @@ _ENGINE_CAUSES = {
     "PAUSED": "the engine channel is paused: its source takes no new messages",
     "ERROR": "the engine channel is in an error state",
     "UNDEPLOYED": "the engine channel is not deployed",
+    "STOPPING": "the engine channel is stuck stopping: a connector or the message in hand hangs, and the stop will "
+                "not finish by itself",
+    "STARTING": "the engine channel is stuck starting: a connector cannot initialise (port in use, peer or "
+                "database unreachable)",
+    "PAUSING": "the engine channel is stuck pausing: its source does not finish the message in hand",
 }
+_STUCK = ("stopping", "starting", "pausing")
 _ERR = re.compile(r"\bERR (\d+(?:,\d+)*)")
 _CODE = re.compile(r"\b(1\d\d|2\d\d)\b")
 _HTTP_STATUS = re.compile(r"HTTP (\d{3})")
@@ -308,6 +314,16 @@ class DiagnosticsActivities:
                              f"{st.queued}, received {st.received}, sent {st.sent}, errors {st.errors}")
                 if st.state in ("stopped", "paused", "error", "undeployed"):
                     state = st.state.upper()
+                elif st.state in _STUCK and any(e.signature == f"engine:{st.state.upper()}" for e in inp.evidence):
+                    # The monitor saw it in this transitional state past the stuck limit, and it still is.
+                    state = st.state.upper()
+                    if "halt" in adapter.capabilities:
+                        # Mirth's documented way out of a hung transition: halt (a forced stop), then start.
+                        params["halt"] = "1"
+                        lines.append(f"{engine} can halt: the restart halts the channel instead of asking it to "
+                                     "stop again, then starts it")
+                    else:
+                        lines.append(f"{engine} has no forced stop: the restart asks it to stop, then start")
             except EngineError as exc:
                 lines.append(f"{engine} did not answer: {type(exc).__name__}")
         metrics = {k: v for e in inp.evidence for k, v in e.metrics.items()}

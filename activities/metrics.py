@@ -250,16 +250,23 @@ class MetricsActivities:
         async with system_tx(self.pool, "monitor_snapshot") as conn:
             rows = await monitor.lock_engine_stats(conn, sorted({m.engine for m in known}))
             prev = {(r["engine"], r["channel_id"]): r for r in rows}
+            since: dict[tuple[str, str], datetime] = {}
             for m in known:
                 p = prev.get((m.engine, m.channel_id))
                 history: list[int] = []
+                since[(m.engine, m.channel_id)] = now
                 if p is not None and now - p["observed_at"] <= stale:
                     history = [int(x) for x in p["queued_history"]]
                     # Counters that went down were reset (engine restart): everything counted since is new.
                     m.errors_delta = m.errors - p["errors"] if m.errors >= p["errors"] else m.errors
+                    if p["state"] == m.state:  # still in the state it was in: how long, for the stuck check
+                        first = p["state_since"] or p["observed_at"]
+                        since[(m.engine, m.channel_id)] = first
+                        m.state_age_s = max(0.0, (now - first).total_seconds())
                 m.queued_history = [*history, m.queued][-QUEUE_HISTORY_MAX:]
             await monitor.upsert_engine_stats(conn, [
-                (m.engine, m.channel_id, m.org_id, now, m.state, m.queued, m.errors, m.queued_history)
+                (m.engine, m.channel_id, m.org_id, now, m.state, m.queued, m.errors, m.queued_history,
+                 since[(m.engine, m.channel_id)])
                 for m in known])
 
 

@@ -393,8 +393,16 @@ EngineStoppedState = Literal["stopped", "paused", "error", "undeployed"]
 _DEFAULT_STOPPED_STATES: list[EngineStoppedState] = ["stopped", "paused", "error"]  # undeployed only when asked
 
 
+EngineStuckState = Literal["stopping", "starting", "pausing"]
+_DEFAULT_STUCK_STATES: list[EngineStuckState] = ["stopping", "starting", "pausing"]
+
+
 class EngineChannelStopped(_Detector):
     states: list[EngineStoppedState] = Field(default_factory=lambda: _DEFAULT_STOPPED_STATES.copy())
+    # A channel seen in one of stuck_states for stuck_after or longer is stuck (0s: never). Engines finish these
+    # transitions in well under a second unless a connector hangs, so 10s is long enough to rule out a normal stop.
+    stuck_after: Duration = timedelta(seconds=10)
+    stuck_states: list[EngineStuckState] = Field(default_factory=lambda: _DEFAULT_STUCK_STATES.copy())
 
 
 class EngineChannelErroring(_Detector):

@@ -53,6 +53,8 @@ def thresholds_from(config: LifelineConfig) -> MonitorThresholds:
         throughput_min_samples=m.throughput_drop.min_samples,
         throughput_min_baseline_per_min=m.throughput_drop.min_baseline_per_min,
         engine_stopped_states=list(m.engine_channel_stopped.states),
+        engine_stuck_states=list(m.engine_channel_stopped.stuck_states),
+        engine_stuck_s=m.engine_channel_stopped.stuck_after.total_seconds(),
         engine_error_delta=m.engine_channel_erroring.error_delta,
         engine_queue_snapshots=m.engine_queue_growing.snapshots,
         engine_queue_min_growth=m.engine_queue_growing.min_growth,

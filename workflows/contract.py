@@ -327,6 +327,9 @@ class RestartInput:
     approval_timeout_s: float = 3600.0
     stop_timeout_s: float = 60.0
     start_timeout_s: float = 60.0
+    # The channel is stuck in a transition (diagnosis engine:STOPPING ...): halt it at once instead of asking it to
+    # stop and waiting stop_timeout_s first (engines that cannot halt take the normal stop path).
+    force_halt: bool = False
 
 
 @dataclass
@@ -363,6 +366,10 @@ class MonitorThresholds:
     throughput_min_samples: int = 40
     throughput_min_baseline_per_min: float = 1.0
     engine_stopped_states: list[str] = field(default_factory=lambda: ["stopped", "paused", "error"])
+    # A channel held in a transitional state (Mirth STOPPING/STARTING/PAUSING, Rhapsody STOPPING/STARTING/
+    # INITIALIZING) longer than this is stuck: it processes nothing and will not finish the transition itself.
+    engine_stuck_states: list[str] = field(default_factory=lambda: ["stopping", "starting", "pausing"])
+    engine_stuck_s: float = 10.0
     engine_error_delta: int = 10
     engine_queue_snapshots: int = 4  # K: the queue grew across each of the last K snapshots
     engine_queue_min_growth: int = 1  # and by at least this much in total
@@ -462,6 +469,7 @@ class EngineChannelMetrics:
     errors_delta: int = 0  # since the previous snapshot
     queued_history: list[int] = field(default_factory=list)  # oldest first, this snapshot last
     error: str = ""  # why the state is unknown (adapter error text)
+    state_age_s: float = 0.0  # how long the monitor has seen it in this state (0: first seen in it now)
 
 
 @dataclass

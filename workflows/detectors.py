@@ -231,12 +231,22 @@ def _label(e: EngineChannelMetrics) -> str:
 
 
 def engine_channel_stopped(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
-    return [
-        _ev("engine_channel_stopped", engine_subject(e.engine, e.channel_id), snap,
-            f"{_label(e)} is {e.state} ({e.raw_state or e.state}), {e.queued} queued",
-            f"engine:{e.state.upper()}", queued=e.queued, errors=e.errors)
-        for e in snap.engine_channels if e.state in t.engine_stopped_states
-    ]
+    """A channel in a stopped state, or held in a transitional state (STOPPING, STARTING, PAUSING) for
+    engine_stuck_s or longer: then it processes nothing and, as Mirth's hung stops show (#6025, #3304), will not
+    finish the transition by itself. Both are one case kind: one case per channel whichever it shows first."""
+    out: list[Evidence] = []
+    for e in snap.engine_channels:
+        if e.state in t.engine_stopped_states:
+            out.append(_ev("engine_channel_stopped", engine_subject(e.engine, e.channel_id), snap,
+                           f"{_label(e)} is {e.state} ({e.raw_state or e.state}), {e.queued} queued",
+                           f"engine:{e.state.upper()}", queued=e.queued, errors=e.errors))
+        elif e.state in t.engine_stuck_states and t.engine_stuck_s > 0 and e.state_age_s >= t.engine_stuck_s:
+            out.append(_ev("engine_channel_stopped", engine_subject(e.engine, e.channel_id), snap,
+                           f"{_label(e)} stuck {e.state} ({e.raw_state or e.state}) for {e.state_age_s:.0f}s"
+                           f" (limit {t.engine_stuck_s:.0f}s), {e.queued} queued",
+                           f"engine:{e.state.upper()}", queued=e.queued, errors=e.errors,
+                           state_age_s=e.state_age_s))
+    return out
 
 
 def engine_channel_erroring(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:

@@ -97,7 +97,14 @@ class EngineRestartWorkflow:
         try:
             self._stage("stopping")
             before = await self._status(inp)
-            if before.state != "stopped":
+            if before.state != "stopped" and inp.force_halt and "halt" in before.capabilities:
+                self._stage("halting", f"stuck {before.raw_state or before.state}: forced halt, then start")
+                await self._op(inp, "halt")
+                st = await self._wait_for(inp, "stopped", inp.stop_timeout_s)
+                if st.state != "stopped":
+                    raise ApplicationError(f"channel did not halt (state {st.raw_state or st.state})",
+                                           type=ERR_RESTART_FAILED)
+            elif before.state != "stopped":
                 await self._op(inp, "stop")
                 st = await self._wait_for(inp, "stopped", inp.stop_timeout_s)
                 if st.state != "stopped":

@@ -441,7 +441,8 @@ class RemediationCaseWorkflow:
         try:
             handle = await workflow.start_child_workflow(
                 "EngineRestartWorkflow",
-                RestartInput(engine, channel, inp.org_id, requested_by=approver or workflow.info().workflow_id),
+                RestartInput(engine, channel, inp.org_id, requested_by=approver or workflow.info().workflow_id,
+                             force_halt=action.params.get("halt") == "1"),
                 id=wid, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
                 # No LifelineOrg search attribute on this child: the id carries the org, and a server without the

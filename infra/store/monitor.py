@@ -165,15 +165,16 @@ async def upsert_baselines(conn: Conn, channels: list[str], buckets: list[str], 
 
 async def lock_engine_stats(conn: Conn, engines: list[str]) -> list[asyncpg.Record]:
     """The previous stats of these engines' channels, locked until the caller's transaction ends."""
-    return await _rows(conn, "select engine, channel_id, observed_at, errors, queued_history from monitor_engine_stats"
-                             " where engine = any($1::text[]) for update", engines)
+    return await _rows(conn, "select engine, channel_id, observed_at, state, state_since, errors, queued_history"
+                             " from monitor_engine_stats where engine = any($1::text[]) for update", engines)
 
 
 async def upsert_engine_stats(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
-    """rows: (engine, channel_id, org_id, observed_at, state, queued, errors, queued_history)."""
+    """rows: (engine, channel_id, org_id, observed_at, state, queued, errors, queued_history, state_since)."""
     await conn.executemany(
         "insert into monitor_engine_stats (engine, channel_id, org_id, observed_at, state, queued, errors,"
-        " queued_history) values ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " queued_history, state_since) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         " on conflict (engine, channel_id) do update set org_id = excluded.org_id,"
         " observed_at = excluded.observed_at, state = excluded.state, queued = excluded.queued,"
-        " errors = excluded.errors, queued_history = excluded.queued_history", rows)
+        " errors = excluded.errors, queued_history = excluded.queued_history,"
+        " state_since = excluded.state_since", rows)

@@ -200,3 +200,19 @@ def test_hour_of_week_preferred_then_hour_of_day() -> None:
     # Sunday night is quiet: its own hour-of-week baseline keeps 4/min from looking like a drop.
     assert detect(drop(4.0, both), T) == []
     assert pick_baseline("other", both, 40) is None
+
+
+def test_channel_stuck_in_a_transition() -> None:
+    # Seen in STOPPING for the stuck limit or longer: a stopped-channel case with the transitional signature.
+    for state, raw in (("stopping", "STOPPING"), ("starting", "STARTING"), ("pausing", "PAUSING")):
+        found = detect(with_engine(state=state, raw_state=raw, state_age_s=T.engine_stuck_s), T)
+        assert [(e.kind, e.subject, e.signature) for e in found] == [
+            ("engine_channel_stopped", "engine:mirth1:c-1", f"engine:{raw}")], state
+        assert found[0].metrics["state_age_s"] == T.engine_stuck_s and "stuck" in found[0].summary
+    # A normal transition (shorter than the limit) is not a finding; nor is a long-running started channel.
+    assert detect(with_engine(state="stopping", state_age_s=T.engine_stuck_s - 0.5), T) == []
+    assert detect(with_engine(state="started", state_age_s=3600), T) == []
+    # Configurable: states watched, and 0 switches it off.
+    assert detect(with_engine(state="starting", state_age_s=60), dataclasses.replace(
+        T, engine_stuck_states=["stopping"])) == []
+    assert detect(with_engine(state="stopping", state_age_s=60), dataclasses.replace(T, engine_stuck_s=0)) == []

@@ -239,3 +239,22 @@ async def test_flow_rates_for_the_backlog_forecast(pool: asyncpg.Pool, seeded: l
     assert lab.drained_per_s == pytest.approx(1 / 60, abs=1e-3)  # delivered 40 s ago (the one 60 s ago is out)
     assert (rej.arrived_per_s, rej.drained_per_s) == (pytest.approx(0.05, abs=1e-3), pytest.approx(1 / 60, abs=1e-3))
     assert down.drained_per_s == 0.0
+
+
+async def test_engine_state_age_follows_one_state(pool: asyncpg.Pool) -> None:
+    stuck = FakeAdapter([EngineChannel("c-1", "ADT out", "stopping", "STOPPING")])
+    acts = MetricsActivities(pool, CONFIG, lambda engine: stuck)  # type: ignore[arg-type,return-value]
+    first = await acts.snapshot(SnapshotInput(window_s=300))
+    assert next(e for e in first.engine_channels if e.channel_id == "c-1").state_age_s == 0.0
+    # Seen in STOPPING 12 s ago and still there: its age counts from the first sighting.
+    await pool.execute("update monitor_engine_stats set state_since = state_since - interval '12 seconds',"
+                       " observed_at = observed_at - interval '1 second' where channel_id = 'c-1'")
+    snap = await acts.snapshot(SnapshotInput(window_s=300))
+    c1 = next(e for e in snap.engine_channels if e.channel_id == "c-1")
+    assert 12.0 <= c1.state_age_s < 60
+    assert ("engine_channel_stopped", "engine:eng1:c-1", "engine:STOPPING") in {
+        (e.kind, e.subject, e.signature) for e in detect(snap, thresholds_from(CONFIG))}
+    # A change of state starts the clock again.
+    stuck.channels[0] = EngineChannel("c-1", "ADT out", "stopped", "STOPPED")
+    snap = await acts.snapshot(SnapshotInput(window_s=300))
+    assert next(e for e in snap.engine_channels if e.channel_id == "c-1").state_age_s == 0.0
