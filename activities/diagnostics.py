@@ -70,6 +70,10 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...]]] = {
     "blocked": ("an ordered lane is blocked by a dead-lettered head message",
                 ("replay_dead_letters", "skip_blocked_head")),
     "latency": ("deliveries are slow", ("retry_now",)),
+    # A slow peer is not a down one: every send succeeds, only late. Nothing Lifeline can do makes it answer faster
+    # (retrying would only add load), and messages are not lost meanwhile: a person who owns the peer must look.
+    "latency:send": ("the destination answers slowly (it ACKs, but seconds late): slow, not down; deliveries "
+                     "continue and nothing is lost, but its owner must look at the peer or the network to it", ()),
     "engine": ("the engine channel is not processing", ("restart_engine_channel",)),
     "engine:queue_growing": ("the engine channel's queue keeps growing: its destination is stuck or slow",
                              ("restart_engine_channel", "clear_queue")),
@@ -276,6 +280,13 @@ class DiagnosticsActivities:
                   "send": float(row["send_ms"] or 0) + float(row["retry_ms"] or 0)}
         total = sum(stages.values()) or 1.0
         worst = max(stages, key=lambda k: stages[k])
+        slow = [e for e in inp.evidence if e.signature == "latency:send"]
+        if slow:
+            m = slow[-1].metrics
+            normal = f"normal {m.get('normal_send_ms', 0):.0f} ms" if m.get("normal_send_ms") else "no normal yet"
+            lines.append(f"send p95 {m.get('p95_send_ms', 0):.0f} ms over {m.get('samples', 0):.0f} successful "
+                         f"send(s), limit {m.get('send_limit_ms', 0):.0f} ms ({normal}); "
+                         f"{m.get('failures', 0):.0f} failed attempt(s)")
         lines.append(f"{row['n']} deliveries: accept→dispatch {stages['dispatch']:.0f} ms, dispatch→first attempt "
                      f"{stages['queue']:.0f} ms, sending (incl. retries) {stages['send']:.0f} ms on average")
         cause = {"dispatch": "routing lags behind accept: the dispatcher is slow or down",

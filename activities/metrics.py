@@ -38,6 +38,7 @@ from workflows.contract import (
     DestinationMetrics,
     EngineChannelMetrics,
     FileSourceMetrics,
+    MonitorThresholds,
     OpenCaseInput,
     OpenCaseResult,
     SenderRejects,
@@ -45,7 +46,7 @@ from workflows.contract import (
     SnapshotInput,
     case_workflow_id,
 )
-from workflows.detectors import ewma
+from workflows.detectors import ewma, send_limit_ms
 
 log = logging.getLogger("lifeline.metrics")
 
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from infra.store import Conn
 
 _HTTP_STATUS = re.compile(r"HTTP (\d{3})")
+SEND_BUCKET = "send_p95"  # monitor_baselines bucket of a destination's normal send time
 
 
 def reject_signature(error_class: str, peer_answer: str | None) -> str:
@@ -143,7 +145,37 @@ class MetricsActivities:
             for r in await monitor.dest_blocked(conn, blocking):
                 m = get(r["destination"])
                 m.lanes_blocked, m.blocked_waiting = r["lanes"], r["waiting"]
+        await self._send_normals(conn, now, list(out.values()))
         return [out[k] for k in sorted(out)]
+
+    async def _send_normals(self, conn: Conn, now: datetime, metrics: list[DestinationMetrics]) -> None:
+        """Each destination's normal send time as it was (for the slow-peer check), then this snapshot folded in —
+        only when it is healthy (enough sends, under the limit), so a slow spell never becomes the normal. Kept in
+        monitor_baselines under `destination:<name>` / `send_p95`; at most once per half interval, like throughput.
+        """
+        lat = self.config.monitor.latency_degraded
+        t = MonitorThresholds(send_p95_ms=lat.send_p95.total_seconds() * 1000, send_factor=lat.send_factor,
+                              send_floor_ms=lat.send_floor.total_seconds() * 1000,
+                              send_normal_min_samples=lat.send_normal_samples)
+        keys = {f"destination:{m.name}": m for m in metrics}
+        if not keys:
+            return
+        rows = {r["channel"]: r for r in await monitor.baselines(conn, list(keys), [SEND_BUCKET])}
+        min_gap = timedelta(seconds=self.config.monitor.interval.total_seconds() / 2)
+        upd: list[tuple[str, str, float, int]] = []
+        for key, m in keys.items():
+            r = rows.get(key)
+            if r is not None:
+                m.normal_send_ms, m.normal_send_samples = float(r["mean"]), int(r["samples"])
+            if m.successes < lat.send_min_samples or m.p95_send_ms > send_limit_ms(m, t):
+                continue
+            if r is not None and now - r["updated_at"] < min_gap:
+                continue
+            mean, n = ewma(m.normal_send_ms, m.normal_send_samples, m.p95_send_ms, lat.send_alpha)
+            upd.append((key, m.org_id, mean, n))
+        if upd:
+            await monitor.upsert_baselines(conn, [u[0] for u in upd], [SEND_BUCKET] * len(upd),
+                                           [u[1] for u in upd], [u[2] for u in upd], [u[3] for u in upd], now)
 
     # -- channels ----------------------------------------------------------------------------------------------
 

@@ -380,6 +380,14 @@ class BacklogLimits(_Detector):
 class LatencyDegraded(_Detector):
     p95: Duration = timedelta(seconds=10)  # accept -> delivered
     min_samples: int = Field(default=10, ge=1)
+    # A slow peer: the window's send (ACK) p95 passes max(send_floor, send_factor x the destination's learned
+    # normal), or send_p95 until a normal is learned (send_normal_samples healthy snapshots), or its SLA p95.
+    send_p95: Duration = timedelta(seconds=3)
+    send_factor: float = Field(default=5.0, gt=1)
+    send_floor: Duration = timedelta(seconds=1)
+    send_min_samples: int = Field(default=3, ge=1)
+    send_normal_samples: int = Field(default=20, ge=1)
+    send_alpha: float = Field(default=0.05, gt=0, le=1)  # EWMA smoothing of the normal, per healthy snapshot
 
 
 class ThroughputDrop(_Detector):

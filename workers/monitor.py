@@ -49,6 +49,12 @@ def thresholds_from(config: LifelineConfig) -> MonitorThresholds:
         backlog_oldest_s=m.backlog.oldest_age.total_seconds(),
         latency_p95_ms=m.latency_degraded.p95.total_seconds() * 1000,
         latency_min_samples=m.latency_degraded.min_samples,
+        send_p95_ms=m.latency_degraded.send_p95.total_seconds() * 1000,
+        send_factor=m.latency_degraded.send_factor,
+        send_floor_ms=m.latency_degraded.send_floor.total_seconds() * 1000,
+        send_min_samples=m.latency_degraded.send_min_samples,
+        send_normal_min_samples=m.latency_degraded.send_normal_samples,
+        send_limits=send_limits(config),
         throughput_factor=m.throughput_drop.factor,
         throughput_min_samples=m.throughput_drop.min_samples,
         throughput_min_baseline_per_min=m.throughput_drop.min_baseline_per_min,
@@ -77,6 +83,16 @@ def backlog_age_limits(config: LifelineConfig) -> dict[str, float]:
         if sla.destination and sla.max_backlog_age is not None:
             s = sla.max_backlog_age.total_seconds()
             limits[sla.destination] = min(s, limits.get(sla.destination, s))
+    return limits
+
+
+def send_limits(config: LifelineConfig) -> dict[str, float]:
+    """Per destination, the tightest SLA p95_latency (ms) that names it: a send slower than that is slow anyway."""
+    limits: dict[str, float] = {}
+    for sla in config.sla:
+        if sla.destination and sla.p95_latency is not None:
+            ms = sla.p95_latency.total_seconds() * 1000
+            limits[sla.destination] = min(ms, limits.get(sla.destination, ms))
     return limits
 
 

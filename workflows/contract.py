@@ -362,6 +362,15 @@ class MonitorThresholds:
     backlog_oldest_s: float = 600.0
     latency_p95_ms: float = 10000.0
     latency_min_samples: int = 10
+    # A slow peer (ACK after seconds) against the destination's normal: the send p95 over the window passes
+    # max(send_floor_ms, send_factor x its learned normal), or send_p95_ms while no normal is learned yet, or the
+    # destination's SLA p95 latency (send_limits) if that is lower.
+    send_p95_ms: float = 3000.0
+    send_factor: float = 5.0
+    send_floor_ms: float = 1000.0
+    send_min_samples: int = 3
+    send_normal_min_samples: int = 20
+    send_limits: dict[str, float] = field(default_factory=dict)
     throughput_factor: float = 0.5  # fire when the rate is below baseline * factor
     throughput_min_samples: int = 40
     throughput_min_baseline_per_min: float = 1.0
@@ -427,6 +436,9 @@ class DestinationMetrics:
     arrived_per_s: float = 0.0  # deliveries routed to it
     drained_per_s: float = 0.0  # deliveries it delivered
     rate_span_s: float = 0.0
+    # Its normal send (ACK) time: EWMA of the window's send p95 over healthy snapshots (samples 0: not learned).
+    normal_send_ms: float = 0.0
+    normal_send_samples: int = 0
 
 
 @dataclass

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from workflows.contract import (
     Baseline,
+    DestinationMetrics,
     EngineChannelMetrics,
     Evidence,
     MonitorThresholds,
@@ -172,16 +173,39 @@ def lane_blocked(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> lis
     ]
 
 
+def send_limit_ms(d: DestinationMetrics, t: MonitorThresholds) -> float:
+    """How slow a destination's send p95 may get before it counts as slow: a multiple of its learned normal (with a
+    floor), the absolute send_p95_ms until a normal is learned, capped by its SLA p95 latency."""
+    if d.normal_send_samples >= t.send_normal_min_samples and d.normal_send_ms > 0:
+        limit = max(t.send_floor_ms, t.send_factor * d.normal_send_ms)
+    else:
+        limit = t.send_p95_ms
+    sla = t.send_limits.get(d.name, 0.0)
+    return min(limit, sla) if sla > 0 else limit
+
+
 def latency_degraded(snap: Snapshot, t: MonitorThresholds, _: list[Baseline]) -> list[Evidence]:
-    return [
-        _ev("latency_degraded", dest_subject(d.name), snap,
-            f"destination {d.name}: p95 accept-to-delivered latency {d.p95_latency_ms:.0f}ms over"
-            f" {d.latency_samples} deliveries (limit {t.latency_p95_ms:.0f}ms)", "latency",
-            p95_latency_ms=d.p95_latency_ms, p95_send_ms=d.p95_send_ms, samples=d.latency_samples,
-            backlog=d.backlog)
-        for d in snap.destinations
-        if d.latency_samples >= t.latency_min_samples and d.p95_latency_ms > t.latency_p95_ms
-    ]
+    """End-to-end latency past its limit, or a slow peer: sends that succeed but wait seconds for the answer."""
+    out: list[Evidence] = []
+    for d in snap.destinations:
+        if d.latency_samples >= t.latency_min_samples and d.p95_latency_ms > t.latency_p95_ms:
+            out.append(_ev("latency_degraded", dest_subject(d.name), snap,
+                           f"destination {d.name}: p95 accept-to-delivered latency {d.p95_latency_ms:.0f}ms over"
+                           f" {d.latency_samples} deliveries (limit {t.latency_p95_ms:.0f}ms)", "latency",
+                           p95_latency_ms=d.p95_latency_ms, p95_send_ms=d.p95_send_ms, samples=d.latency_samples,
+                           backlog=d.backlog))
+            continue
+        limit = send_limit_ms(d, t)
+        if d.successes >= t.send_min_samples and d.p95_send_ms > limit:
+            normal = (f"normal {d.normal_send_ms:.0f}ms" if d.normal_send_samples >= t.send_normal_min_samples
+                      else "no normal learned yet")
+            out.append(_ev("latency_degraded", dest_subject(d.name), snap,
+                           f"destination {d.name} answers slowly: p95 send {d.p95_send_ms:.0f}ms over {d.successes}"
+                           f" successful sends in {_minutes(snap.window_s)} (limit {limit:.0f}ms, {normal})",
+                           "latency:send", p95_send_ms=d.p95_send_ms, send_limit_ms=limit,
+                           normal_send_ms=d.normal_send_ms, samples=d.successes, failures=d.failures,
+                           backlog=d.backlog))
+    return out
 
 
 # -- channels ----------------------------------------------------------------------------------------------------

@@ -216,3 +216,29 @@ def test_channel_stuck_in_a_transition() -> None:
     assert detect(with_engine(state="starting", state_age_s=60), dataclasses.replace(
         T, engine_stuck_states=["stopping"])) == []
     assert detect(with_engine(state="stopping", state_age_s=60), dataclasses.replace(T, engine_stuck_s=0)) == []
+
+
+def test_slow_peer_against_its_normal() -> None:
+    # Healthy fixture: sends of 15 ms. A peer that ACKs after 5 s (every send succeeds) is slow, not down.
+    slow = with_dest(p95_send_ms=5000, successes=6, latency_samples=6, p95_latency_ms=5200)
+    found = detect(slow, T)
+    assert [(e.kind, e.subject, e.signature) for e in found] == [
+        ("latency_degraded", "destination:lab", "latency:send")]
+    assert found[0].metrics["send_limit_ms"] == T.send_p95_ms and "answers slowly" in found[0].summary
+    # Too few sends to judge; and under the absolute limit while no normal is learned.
+    assert detect(with_dest(p95_send_ms=5000, successes=T.send_min_samples - 1), T) == []
+    assert detect(with_dest(p95_send_ms=2500, successes=50), T) == []
+    # A learned normal moves the limit: 5 x 800 ms = 4 s (a peer that is always ~1 s is not "slow" at 2.5 s) ...
+    learned = {"normal_send_ms": 800.0, "normal_send_samples": T.send_normal_min_samples}
+    assert detect(with_dest(p95_send_ms=3900, successes=50, **learned), T) == []
+    assert [e.signature for e in detect(with_dest(p95_send_ms=4100, successes=50, **learned), T)] == ["latency:send"]
+    # ... a fast peer's limit has a floor (1 s), so 50 ms -> 300 ms is noise, 1.2 s is slow.
+    fast = {"normal_send_ms": 50.0, "normal_send_samples": 100}
+    assert detect(with_dest(p95_send_ms=300, successes=50, **fast), T) == []
+    assert [e.signature for e in detect(with_dest(p95_send_ms=1200, successes=50, **fast), T)] == ["latency:send"]
+    # The destination's SLA p95 caps the limit.
+    t = dataclasses.replace(T, send_limits={"lab": 2000.0})
+    assert [e.signature for e in detect(with_dest(p95_send_ms=2100, successes=50), t)] == ["latency:send"]
+    # A down destination is diagnosed as down, its latency is a symptom.
+    assert kinds(with_dest(p95_send_ms=5000, successes=6, consecutive_connection_failures=3, failures=3,
+                           last_error_class="refused")) == {("destination_down", "destination:lab")}

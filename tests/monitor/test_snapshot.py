@@ -258,3 +258,26 @@ async def test_engine_state_age_follows_one_state(pool: asyncpg.Pool) -> None:
     stuck.channels[0] = EngineChannel("c-1", "ADT out", "stopped", "STOPPED")
     snap = await acts.snapshot(SnapshotInput(window_s=300))
     assert next(e for e in snap.engine_channels if e.channel_id == "c-1").state_age_s == 0.0
+
+
+async def test_send_normal_is_learned_from_healthy_snapshots_only(pool: asyncpg.Pool, store_cipher: Cipher) -> None:
+    acts = MetricsActivities(pool, CONFIG)
+    for i in range(5):  # five successful 40 ms sends
+        mid = (await accept(pool, store_cipher, CONFIG.channels[0], adt(f"N{i}", f"MRN{i}"))).message_id
+        await delivery(pool, mid, "lab", "delivered", finished_ago=10, latency=60)
+        await attempt(pool, mid, "lab", 10, "delivered", duration=40)
+    snap = await acts.snapshot(SnapshotInput(window_s=300))
+    lab = next(d for d in snap.destinations if d.name == "lab")
+    assert (lab.normal_send_ms, lab.normal_send_samples) == (0.0, 0)  # what it was before this snapshot
+    row = await pool.fetchrow("select mean, samples from monitor_baselines where channel = 'destination:lab'"
+                              " and bucket = 'send_p95'")
+    assert row["samples"] == 1 and row["mean"] == pytest.approx(40.0)
+    # The peer turns slow: the slow spell is reported against the normal and not folded into it.
+    await pool.execute("update monitor_baselines set updated_at = now() - interval '1 minute'")
+    await pool.execute("update delivery_attempts set duration_ms = 5000 where destination = 'lab'")
+    snap = await acts.snapshot(SnapshotInput(window_s=300))
+    lab = next(d for d in snap.destinations if d.name == "lab")
+    assert lab.normal_send_ms == pytest.approx(40.0) and lab.p95_send_ms == pytest.approx(5000.0)
+    assert await pool.fetchval("select samples from monitor_baselines where channel = 'destination:lab'") == 1
+    assert ("latency_degraded", "destination:lab", "latency:send") in {
+        (e.kind, e.subject, e.signature) for e in detect(snap, thresholds_from(CONFIG))}
