@@ -50,14 +50,32 @@ class Breakers:
         self.pool = pool
         self.clock = clock
         self.states: dict[tuple[str, str], BreakerState] = {}
+        self.holds: dict[tuple[str, str], float] = {}  # (org, destination) -> monotonic end of a case's hold
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def held(self, org: str, destination: str) -> bool:
+        """Whether a remediation case holds this destination's breaker (see hold())."""
+        until = self.holds.get((org, destination))
+        return until is not None and self.clock() < until
+
+    def active(self, dest: Destination) -> bool:
+        return dest.breaker.enabled or self.held(dest.org, dest.name)
+
+    def hold(self, org: str, destination: str, seconds: float) -> None:
+        """The `hold_breaker` remediation for a down or flapping peer: for `seconds` this destination's breaker is on
+        even where the config leaves it off, opens on the first connection failure, and probes at the fixed probe
+        interval (no doubling, so the peer's next up-window is found within one interval)."""
+        self.holds[(org, destination)] = self.clock() + max(0.0, seconds)
+        st = self.states.get((org, destination))
+        if st is not None and st.state == "open":
+            st.next_probe_at = self.clock()  # probe now: the peer may be up already
 
     def state(self, org: str, destination: str) -> BreakerState:
         return self.states.setdefault((org, destination), BreakerState())
 
     def before_send(self, dest: Destination) -> bool:
         """True when this send is the half-open probe; raises ApplicationError(circuit_open) while open."""
-        if not dest.breaker.enabled:
+        if not self.active(dest):
             return False
         st = self.states.get((dest.org, dest.name))
         if st is None or st.state == "closed":
@@ -74,9 +92,10 @@ class Breakers:
 
     async def after_send(self, dest: Destination, error_class: str | None, probe: bool) -> None:
         """Fold one send's outcome in: None = delivered; a connection error class counts against the peer."""
-        if not dest.breaker.enabled:
+        if not self.active(dest):
             return
         policy = dest.breaker
+        held = self.held(dest.org, dest.name)
         st = self.state(dest.org, dest.name)
         before = st.state
         if probe:
@@ -88,10 +107,10 @@ class Breakers:
         else:
             st.failures += 1
             st.last_error = error_class
-            if st.state == "half_open" or (st.state == "closed" and st.failures >= policy.failures):
+            if st.state == "half_open" or (st.state == "closed" and st.failures >= (1 if held else policy.failures)):
                 first = policy.probe_interval.total_seconds()
                 st.interval_s = (min(policy.max_probe_interval.total_seconds(), st.interval_s * 2)
-                                 if st.state == "half_open" and st.interval_s else first)
+                                 if st.state == "half_open" and st.interval_s and not held else first)
                 st.state = "open"
                 st.opened_at = st.opened_at or time.time()
                 st.next_probe_at = self.clock() + st.interval_s
@@ -147,6 +166,12 @@ def new_breakers(pool: Any = None) -> Breakers:
     b = Breakers(pool)
     _LIVE.add(b)
     return b
+
+
+def hold_all(org: str, destination: str, seconds: float) -> None:
+    """Hold this destination's breaker in every breaker set of this process (the worker's hold_breaker action)."""
+    for b in list(_LIVE):
+        b.hold(org, destination, seconds)
 
 
 def reset_all(org: str, destination: str) -> None:

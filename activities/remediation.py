@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.breaker import reset_all
+from activities.breaker import hold_all, reset_all
 from activities.engines.base import EngineAdapter, EngineNotSupported
 from activities.oncall import NotificationPending, Notifier, case_event
 from infra.config import LifelineConfig
@@ -48,6 +49,11 @@ ERR_ACTION_UNSUPPORTED = "ActionUnsupported"
 ERR_ENGINE_UNKNOWN = "EngineUnknown"
 RESET_PARALLEL = 20
 MAX_RESET = 2000
+# Bounds of the waiting actions; both stay under the case's 5-minute action timeout.
+RESUME_WAIT_S = 240.0  # hold_breaker: until a delivery goes through
+DRAIN_WAIT_S = 240.0  # await_drain: until the backlog falls
+DRAIN_POLL_S = 2.0
+HOLD_MIN_S = 60.0  # a hold lasts the cool-down, at least this long
 
 
 def _since(value: str) -> datetime | None:
@@ -93,6 +99,10 @@ class RemediationActivities:
             result = await self._retry_now(inp, dest)
         elif inp.action == "replay_dead_letters" and dest:
             result = await self._replay(inp, dest)
+        elif inp.action == "hold_breaker" and dest:
+            result = await self._hold_breaker(inp, dest)
+        elif inp.action == "await_drain" and dest:
+            result = await self._await_drain(inp, dest)
         elif inp.action in ("pause_destination", "resume_destination") and dest:
             result = await self._pause(inp, dest, inp.action == "pause_destination")
         elif inp.action == "skip_blocked_head" and dest:
@@ -140,6 +150,55 @@ class RemediationActivities:
         done = await asyncio.gather(*(reset(w) for w in ids))
         n = sum(done)
         return ActionResult(inp.action, True, f"reset the backoff of {n} of {len(ids)} started delivery(ies)", n)
+
+    async def _hold_breaker(self, inp: ActionInput, dest: str) -> ActionResult:
+        """Hold the breaker through the case's cool-down, then wait (bounded) until a delivery goes through."""
+        hold_s = max(HOLD_MIN_S, self.config.remediation.cooldown.total_seconds())
+        hold_all(inp.org_id, dest, hold_s)
+        since = datetime.now().astimezone()
+        waited = await self._wait_for(inp, dest, since, lambda m: m["successes"] > 0 or m["backlog"] == 0,
+                                      float(inp.params.get("wait_s") or RESUME_WAIT_S))
+        what = f"breaker of {dest} held for {hold_s:g}s (opens at the first connection failure, probes every "
+        what += "probe interval)"
+        if waited is None:
+            return ActionResult(inp.action, False, f"{what}; no delivery went through within "
+                                f"{float(inp.params.get('wait_s') or RESUME_WAIT_S):g}s", 0)
+        m, secs = waited
+        return ActionResult(inp.action, True, f"{what}; delivery resumed after {secs:.0f}s "
+                            f"({m['successes']:.0f} delivered, backlog {m['backlog']:.0f})", int(m["successes"]))
+
+    async def _await_drain(self, inp: ActionInput, dest: str) -> ActionResult:
+        """Nothing to fix while deliveries succeed: watch the backlog until it falls three looks in a row (or is
+        empty), bounded; the case's verification then checks it keeps draining."""
+        seen: list[float] = []
+
+        def draining(m: dict[str, float]) -> bool:
+            seen.append(m["backlog"])
+            return m["backlog"] == 0 or (len(seen) >= 3 and seen[-1] < seen[-2] < seen[-3])
+
+        wait = float(inp.params.get("wait_s") or DRAIN_WAIT_S)
+        waited = await self._wait_for(inp, dest, datetime.now().astimezone(), draining, wait, poll=DRAIN_POLL_S)
+        if waited is None:
+            return ActionResult(inp.action, False, f"backlog of {dest} not draining after {wait:g}s "
+                                f"(last looks {', '.join(f'{x:.0f}' for x in seen[-3:])})", 0)
+        m, secs = waited
+        return ActionResult(inp.action, True, f"backlog of {dest} draining after {secs:.0f}s of watching "
+                            f"({' → '.join(f'{x:.0f}' for x in seen[-3:])})", int(m["backlog"]))
+
+    async def _wait_for(self, inp: ActionInput, dest: str, since: datetime,
+                        done: Callable[[dict[str, float]], bool], wait_s: float,
+                        poll: float = 1.0) -> tuple[dict[str, float], float] | None:
+        """Poll the destination's metrics since `since` until done(metrics) or wait_s pass (None)."""
+        began = time.monotonic()
+        while True:
+            m = await destination_metrics(self.pool, inp.org_id, dest, since, False)
+            if done(m):
+                return m, time.monotonic() - began
+            if time.monotonic() - began >= wait_s:
+                return None
+            if activity.in_activity():
+                activity.heartbeat()
+            await asyncio.sleep(poll)
 
     async def _replay(self, inp: ActionInput, dest: str) -> ActionResult:
         ids = await open_dead_letter_ids(self.pool, inp.org_id, destination=dest)

@@ -63,6 +63,8 @@ APPROVER_ROLE = "oncall"
 PATCH_CASE_COOLDOWN = "case-cooldown"
 # An escalated case held open counts evidence that arrives at any moment, also while it records the escalation.
 PATCH_HOLD_OPEN_EVERY_RECURRENCE = "hold-open-every-recurrence"
+# A recurrence while the case holds the destination's breaker renews the hold instead of spending an attempt.
+PATCH_FLAP_HOLD = "case-flapping-hold"
 
 
 def org_attribute(org: str, *more: SearchAttributePair[str]) -> TypedSearchAttributes:
@@ -204,6 +206,12 @@ ACTION_SAFETY = {
     "retry_now": SAFETY_SAFE,
     "replay_dead_letters": SAFETY_SAFE,
     "pause_destination": SAFETY_SAFE,
+    # Hold the destination's circuit breaker (on, opening at the first connection failure, fixed probe interval)
+    # through the case's cool-down and wait until a delivery goes through: a down or flapping peer stops being
+    # hammered by retries, and deliveries resume within one probe interval of each up-window. Nothing is dropped.
+    "hold_breaker": SAFETY_SAFE,
+    # Watch a backlog with nothing failing (a surge) until it drains, bounded; changes nothing.
+    "await_drain": SAFETY_SAFE,
     "resume_destination": SAFETY_SAFE,
     "restart_engine_channel": SAFETY_RISKY,
     "clear_queue": SAFETY_DESTRUCTIVE,

@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.approval import verify_approval
     from workflows.contract import (
         PATCH_CASE_COOLDOWN,
+        PATCH_FLAP_HOLD,
         PATCH_HOLD_OPEN_EVERY_RECURRENCE,
         PATCH_ONCALL_RESOLVE,
         PATCH_VERIFY_APPROVAL,
@@ -277,12 +278,60 @@ class RemediationCaseWorkflow:
                                         summary=summary, signature="flapping",
                                         metrics={"recurrences": float(s.recurrences), "remediations": float(tried)}))
             self._note(summary)
+            if self._holding() and workflow.patched(PATCH_FLAP_HOLD):
+                # The held breaker is the mitigation for a flapping peer and is still in place: renew it and wait for
+                # delivery to resume (no attempt spent). Only a peer that stays down past the wait goes to a person.
+                renewed = await self._renew_hold(inp)
+                if renewed is not None:
+                    return renewed
+                continue
             if tried >= inp.max_attempts:
                 return f"flapping: came back {s.recurrences} time(s) after remediation; {tried} remediation(s) tried"
             outcome = await self._remediate(dataclasses.replace(inp, max_attempts=inp.max_attempts - tried),
                                             diagnosis)
             if outcome != "resolved":
                 return outcome
+
+    def _holding(self) -> bool:
+        """Whether the case's last effective action holds the destination's breaker (hold_breaker verified)."""
+        s = self._state
+        assert s is not None
+        done = [a for a in s.attempts if a.get("outcome") in ("verified", "renewed", "failed")]
+        return bool(done) and done[-1].get("action") == "hold_breaker" and done[-1].get("outcome") != "failed"
+
+    async def _renew_hold(self, inp: CaseInput) -> str | None:
+        """Renew the breaker hold after a recurrence; None when delivery resumed, else why the case escalates."""
+        s = self._state
+        assert s is not None
+        action = ProposedAction("hold_breaker", SAFETY_SAFE,
+                                dict(s.diagnosis.actions[0].params) if s.diagnosis and s.diagnosis.actions else {})
+        approver = ""
+        if needs_approval(inp.mode, action.safety):
+            decision = await self._await_approval(inp, action)
+            if decision is None:
+                return f"approval for renewing hold_breaker timed out after {inp.approval_timeout_s:g}s"
+            approved, by = decision
+            s.approver = by.approver
+            if not approved:
+                s.attempts.append({"action": action.action, "outcome": "rejected", "by": by.approver,
+                                   "note": by.note})
+                return "renewing the breaker hold was rejected: a person takes the flapping peer"
+            approver = by.approver
+        s.pending_action = action
+        await self._stage("remediating", "flapping: renewing hold_breaker" + (f" approved by {approver}"
+                                                                               if approver else ""))
+        try:
+            result: ActionResult = await workflow.execute_activity(
+                "run_action", ActionInput(s.case_id, inp.org_id, action.action, inp.subject, action.params, approver),
+                start_to_close_timeout=ACTION_TIMEOUT, retry_policy=STORE_RETRY, result_type=ActionResult)
+        except ActivityError as err:
+            result = ActionResult(action.action, False, f"hold_breaker failed: {err.cause or err}")
+        s.pending_action = None
+        s.attempts.append({"action": action.action, "outcome": "renewed" if result.ok else "failed",
+                           "by": approver or "auto", "detail": result.detail})
+        if result.ok:
+            return None
+        return f"flapping: delivery did not resume under the held breaker ({result.detail})"
 
     async def _hold_open(self, inp: CaseInput) -> None:
         """An escalated case stays open while the problem keeps coming back (evidence within cooldown_s of the last),

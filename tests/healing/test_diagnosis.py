@@ -143,12 +143,14 @@ async def test_engine_state_latency_paused_and_malformed(pool: asyncpg.Pool) -> 
 async def test_learning_loop_ranks_past_success_first(pool: asyncpg.Pool, diag: DiagnosticsActivities) -> None:
     await seed(pool, "lab", "refused", 6)
     first = await diagnose(diag, "destination_down", "destination:lab")
-    assert [a.action for a in first.actions] == ["reconnect", "replay_dead_letters", "pause_destination"]
+    assert [a.action for a in first.actions] == ["reconnect", "hold_breaker", "replay_dead_letters",
+                                                 "pause_destination"]
     await diag.record_resolution(RecordResolutionInput("default", "refused", "reconnect", False))
     await diag.record_resolution(RecordResolutionInput("default", "refused", "pause_destination", True))
     await diag.record_resolution(RecordResolutionInput("default", "refused", "pause_destination", True))
     again = await diagnose(diag, "destination_down", "destination:lab")
-    assert [a.action for a in again.actions] == ["pause_destination", "replay_dead_letters", "reconnect"]
+    assert [a.action for a in again.actions] == ["pause_destination", "hold_breaker", "replay_dead_letters",
+                                                 "reconnect"]
     assert again.actions[0].score == 0.75
     row = await pool.fetchrow("select successes, failures from resolutions where signature = 'refused'"
                               " and action = 'pause_destination'")
