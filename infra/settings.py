@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     # The worker also runs the outbox dispatcher and starts deliveries with eager workflow start (the first
     # workflow task comes straight back to this process); `lifeline up` and `lifeline worker --with-dispatcher`.
     worker_dispatch: bool = False
+    # Deliveries to ordered destinations run on their own task queue (<task_queue>-ordered), polled by every worker
+    # beside the main one: a lane delivers one message at a time, so behind a saturated shared queue each of its
+    # hand-offs would wait a whole turn of unordered work. False: one queue for everything (as before).
+    ordered_queue: bool = True
     log_level: str = "INFO"
 
     @field_validator("database_url")
@@ -139,6 +143,12 @@ class Settings(BaseSettings):
             raise RuntimeError(f"LIFELINE_{name.upper()} is not set (lifeline up generates one for development)")
         return decode_key(secret, f"LIFELINE_{name.upper()}")
 
+
+    @property
+    def ordered_task_queue(self) -> str:
+        """The task queue of ordered deliveries (workflows.contract.ordered_task_queue); "" when they share the main
+        one. Spelled here too because infra imports nothing from workflows."""
+        return f"{self.task_queue}-ordered" if self.ordered_queue else ""
 
     def lane_hmac_key(self) -> bytes:
         """The key that turns a lane value (PID-3.1 ...) into its stored hash."""

@@ -133,6 +133,8 @@ class Dispatcher:
             self.lane_key = self.cipher.derive_key(LANE_KEY_LABEL)
     eager: bool = False  # request_eager_start: only when a worker on `client` polls `task_queue` in this process
     local_first: bool = True  # DeliveryInput.local_first (False measures the regular-activity shape)
+    # Deliveries to ordered destinations start here when set (a worker must poll it); "": on task_queue.
+    ordered_task_queue: str = ""
 
     async def tick(self) -> tuple[int, int]:
         """Route what is new, then start what may start; returns (routed, started)."""
@@ -242,8 +244,9 @@ class Dispatcher:
             raise LookupError(f"destination {row['destination']} is no longer configured")
         inp = delivery_input(dest, row["message_id"], row["org_id"], row["channel"], row["message_type"])
         inp.local_first = self.local_first
+        queue = self.ordered_task_queue if dest.ordered and self.ordered_task_queue else self.task_queue
         with tracing.continued(row["trace_context"]):  # the workflow start joins the accept's trace
-            return await start_delivery(self.client, self.task_queue, inp, row["workflow_id"], eager=self.eager)
+            return await start_delivery(self.client, queue, inp, row["workflow_id"], eager=self.eager)
 
     async def start_lane_successor(self, org_id: str, destination: str, lane: str) -> bool:
         """Start the next delivery of one ordered lane if it may start now (the worker's hand-off when a delivery
@@ -307,7 +310,8 @@ async def run_dispatcher(settings: Settings, config: LifelineConfig) -> None:
     stop = asyncio.Event()
     source, following = await start_source(config, pool, settings.database_url, stop)
     dispatcher = Dispatcher(pool, client, source.current, cipher, settings.task_queue,
-                            lane_key=settings.lane_hmac_key(), source=source)
+                            lane_key=settings.lane_hmac_key(), source=source,
+                            ordered_task_queue=settings.ordered_task_queue)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Sequence
@@ -96,6 +97,8 @@ async def connect_temporal(settings: Settings, *, refuse_plain: bool = False) ->
 
 # Worker tuning shared with bench/ (its bare-Temporal ceiling runs a worker with exactly these settings).
 WORKER_OPTIONS: dict[str, Any] = {"max_concurrent_activities": 200}
+# The ordered-delivery worker: a lane runs one delivery at a time, so fewer slots serve many lanes.
+ORDERED_WORKER_OPTIONS: dict[str, Any] = {"max_concurrent_activities": 50}
 
 
 def build_worker(client: Client, task_queue: str, delivery: DeliveryActivities, *,
@@ -123,7 +126,8 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
         # The lane hand-off (and, with worker_dispatch, the whole outbox) starts deliveries from this process with
         # this worker's client, so they may start eagerly.
         dispatcher = Dispatcher(pool, client, config, store_cipher, settings.task_queue,
-                                lane_key=settings.lane_hmac_key(), source=source, eager=True)
+                                lane_key=settings.lane_hmac_key(), source=source, eager=True,
+                                ordered_task_queue=settings.ordered_task_queue)
         delivery = DeliveryActivities(pool, store_cipher, config, mllp, http, source=source,
                                       handoff=dispatcher.start_lane_successor)
         adapters = engine_adapters(config, http=http, pool=pool)
@@ -149,8 +153,12 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        log.info("worker polling task queue %s on %s", settings.task_queue, settings.temporal_address)
-        async with worker:
+        # Ordered deliveries on their own queue (Settings.ordered_queue): the same workflows and activities, own slots.
+        ordered = (build_worker(client, settings.ordered_task_queue, delivery, **ORDERED_WORKER_OPTIONS)
+                   if settings.ordered_task_queue else None)
+        log.info("worker polling task queue %s%s on %s", settings.task_queue,
+                 f" and {settings.ordered_task_queue}" if ordered is not None else "", settings.temporal_address)
+        async with worker, (ordered if ordered is not None else contextlib.nullcontext()):
             dispatching = None
             if settings.worker_dispatch:
                 log.info("dispatcher started in the worker (eager start; sweep every %.1fs)",

@@ -13,6 +13,12 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 
 DEFAULT_TASK_QUEUE = "lifeline"
 
+
+def ordered_task_queue(task_queue: str) -> str:
+    """The queue of deliveries to ordered destinations: lanes hand off one message at a time, so they get their own
+    pollers and slots instead of queueing each hand-off behind a saturated shared queue of unordered work."""
+    return f"{task_queue}-ordered"
+
 # Search attribute keys (registered by the dev stack and by the production setup).
 SA_CHANNEL = "LifelineChannel"
 SA_DESTINATION = "LifelineDestination"
