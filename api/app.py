@@ -34,12 +34,13 @@ from api.routes import (
     webhooks,
 )
 from api.routes import config as config_routes
-from infra import tracing
+from infra import audit_heads, tracing
 from infra.config import LifelineConfig, get_config
 from infra.crypto import Cipher, EncryptionCodec, data_converter
 from infra.db import create_pool
 from infra.live import ConfigSource
 from infra.settings import Settings, get_settings
+from infra.store import audit as audit_store
 
 log = logging.getLogger("lifeline.api")
 
@@ -99,12 +100,17 @@ def create_app(settings: Settings | None = None, config: LifelineConfig | None =
                             type(exc).__name__)
             app.state.source = source
             following = asyncio.create_task(source.follow(settings.database_url, stop))
+        heads: asyncio.Task[None] | None = None
+        if settings.audit_head_seconds > 0:
+            heads = asyncio.create_task(audit_heads.run(app.state.pool, settings.audit_head_seconds, stop))
         try:
             yield
         finally:
             stop.set()
             if following is not None:
                 await following
+            if heads is not None:
+                await heads
             await app.state.pool.close()
 
     app = FastAPI(title="Lifeline", version="0.1.0", lifespan=lifespan,
@@ -114,6 +120,7 @@ def create_app(settings: Settings | None = None, config: LifelineConfig | None =
     app.state.cipher = settings.cipher("codec")
     app.state.codec = EncryptionCodec(app.state.cipher)
     app.state.store_cipher = settings.cipher("store")
+    audit_store.use_keys(settings.audit_keys())
     app.state.temporal = temporal_connector(settings, app.state.cipher)
     app.add_middleware(PathCors, origins=settings.cors_origins)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)

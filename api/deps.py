@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from api.auth import AuthError, Principal, hash_api_key, verify_token
 from api.problems import Problem
+from api.ratelimit import RESPONSE_429, limiter
 from infra.config import LifelineConfig
 from infra.settings import Settings
 from infra.store import api_keys
@@ -58,6 +59,14 @@ async def current_principal(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
 ) -> Principal:
+    """The authenticated caller, charged one token of its rate limit (429 when the bucket is empty)."""
+    principal = await authenticate(request, settings, bearer, api_key)
+    await limiter(request).charge(request, principal)
+    return principal
+
+
+async def authenticate(request: Request, settings: Settings, bearer: HTTPAuthorizationCredentials | None,
+                       api_key: str | None) -> Principal:
     unauthorized = {"WWW-Authenticate": "Bearer"}
     if bearer is not None:
         try:
@@ -136,5 +145,6 @@ def require(role: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
 
 
 def guarded(role: str) -> dict[str, Any]:
-    """Route keyword arguments: the guard plus the declared role in the OpenAPI document."""
-    return {"dependencies": [Depends(require(role))], "openapi_extra": {"x-required-role": role}}
+    """Route keyword arguments: the guard plus the declared role (and the rate limit's 429) in the OpenAPI document."""
+    return {"dependencies": [Depends(require(role))],
+            "openapi_extra": {"x-required-role": role, "responses": RESPONSE_429}}

@@ -44,7 +44,8 @@ def install(app: FastAPI) -> None:
             extra = dict(exc.extra)
             if exc.field:
                 extra["field"] = exc.field
-        title = {401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict"}.get(
+        title = {401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Payload Too Large",
+                 429: "Too Many Requests"}.get(
             exc.status_code, "Error")
         return JSONResponse(_body(exc.status_code, title, str(exc.detail), **extra),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None),

@@ -65,6 +65,13 @@ def settings_problems(settings: Settings) -> list[tuple[str, str]]:
         reason = key_problem(value)
         if reason:
             problems.append((f"LIFELINE_{name.upper()}", reason))
+    audit_key = settings.audit_key.get_secret_value()
+    if audit_key:
+        reason = key_problem(audit_key)
+        if reason:
+            problems.append(("LIFELINE_AUDIT_KEY", reason))
+        elif audit_key in keys.values():
+            problems.append(("LIFELINE_AUDIT_KEY", "must differ from the store and codec keys (one key per purpose)"))
     if keys["store_key"] and keys["store_key"] == keys["codec_key"]:
         problems.append(("LIFELINE_CODEC_KEY", "must differ from LIFELINE_STORE_KEY (one key per purpose)"))
     if jwt and jwt in keys.values():

@@ -19,6 +19,8 @@ from infra.crypto import Cipher, data_converter
 from infra.db import create_pool, migrate
 from infra.devstack import SEARCH_ATTRIBUTES, EmbeddedPostgres, find_binary, free_port
 from infra.settings import Settings
+from infra.store import audit_system_transactions
+from infra.store.audit import use_keys
 
 warnings.filterwarnings("ignore", module="platformdirs")
 
@@ -34,6 +36,14 @@ def make_settings(**overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def audit_keys() -> None:
+    """Audit rows are chained with the test store key's derived audit key (as a process without
+    LIFELINE_AUDIT_KEY does); each process sets its keys at start-up, tests here."""
+    use_keys(make_settings().audit_keys())
+    audit_system_transactions(None)  # a process turns the cross-org summary on at start-up; its tests, here
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +69,26 @@ async def db_url(pg_server: EmbeddedPostgres, pg_template: str) -> str:
 
 
 @pytest.fixture
-async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+async def superuser_pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """The database superuser: bypasses row-level security and the audit log's triggers. For seeding rows as a
+    test needs them, reading across orgs in assertions, and tampering; never for the behaviour under test."""
     p = await create_pool(db_url, min_size=1, max_size=10)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def pool(superuser_pool: asyncpg.Pool) -> asyncpg.Pool:
+    """The superuser pool under its historical name (many seeding helpers use it); new tests pick `app_pool`
+    for tenant behaviour or `superuser_pool` for setup and tampering."""
+    return superuser_pool
+
+
+@pytest.fixture
+async def app_pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """The application role lifeline_app, like every Lifeline process: row-level security binds it, and each store
+    call must name its org. Use it wherever a test exercises tenant behaviour."""
+    p = await create_pool(db_url, min_size=1, max_size=10, role="lifeline_app")
     yield p
     await p.close()
 

@@ -27,6 +27,21 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def _serve(settings: Settings, process: str) -> None:
+    """Start-up of a long-running process: its audit keys, and the audit summary of its cross-org transactions."""
+    import os
+    import socket
+
+    from infra.store import audit_system_transactions
+    from infra.store.audit import use_keys
+
+    try:
+        use_keys(settings.audit_keys())
+    except RuntimeError as exc:  # no store key: this process writes no audit row (or says so when it tries)
+        logging.getLogger("lifeline").warning("audit keys: %s", exc)
+    audit_system_transactions(settings.system_audit_seconds, actor=f"{process}@{socket.gethostname()}:{os.getpid()}")
+
+
 def _config(settings: Settings) -> LifelineConfig:
     config = load_config(settings.config)
     if settings.environment == "production":
@@ -71,6 +86,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.worker import run_worker
 
     settings = _settings(args)
+    _serve(settings, "worker")
     if args.with_dispatcher:
         settings = settings.model_copy(update={"worker_dispatch": True})
     asyncio.run(run_worker(settings, _config(settings)))
@@ -81,6 +97,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
     from workers.dispatcher import run_dispatcher
 
     settings = _settings(args)
+    _serve(settings, "dispatcher")
     asyncio.run(run_dispatcher(settings, _config(settings)))
     return 0
 
@@ -89,6 +106,7 @@ def cmd_listener(args: argparse.Namespace) -> int:
     from workers.listener import run_listeners
 
     settings = _settings(args)
+    _serve(settings, "listener")
     asyncio.run(run_listeners(settings, _config(settings), only=args.channel))
     return 0
 
@@ -97,6 +115,7 @@ def cmd_poller(args: argparse.Namespace) -> int:
     from workers.poller import run_poller
 
     settings = _settings(args)
+    _serve(settings, "poller")
     asyncio.run(run_poller(settings, _config(settings), only=args.channel))
     return 0
 
@@ -107,6 +126,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from api.app import create_app
 
     settings = _settings(args)
+    _serve(settings, "api")
     app = create_app(settings, _config(settings), live=True)
     uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port,
                 log_level=settings.log_level.lower(), access_log=False)

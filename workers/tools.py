@@ -510,11 +510,18 @@ def _with_database(args: argparse.Namespace, prog: str,
 
 # -- lifeline audit verify ----------------------------------------------------------------------------------------
 def cmd_audit(args: argparse.Namespace) -> int:
-    """Recompute the audit log's hash chain: 'ok: N rows' (exit 0) or the first broken row id (exit 1)."""
-    from infra.store.audit import verify_chain
+    """Recompute the audit log's keyed chain: 'ok: N rows' (exit 0) or the first bad row (exit 1)."""
+    from infra.store.audit import current_keys, parse_head, verify_chain
+
+    try:
+        heads = [parse_head(h) for h in args.head or []]
+        keys = current_keys()
+    except (ValueError, RuntimeError) as exc:
+        print(f"lifeline audit verify: {exc}", file=sys.stderr)
+        return 2
 
     async def body(conn: Any) -> int:
-        result = await verify_chain(conn, args.org)
+        result = await verify_chain(conn, args.org, keys=keys, heads=heads)
         print(result.line())
         return 0 if result.ok else 1
 
@@ -523,13 +530,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def _configure_audit(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
-    verify = sub.add_parser("verify", help="recompute the hash chain and report the first broken row",
-                            description="recompute the hash chain and report the first broken row")
+    verify = sub.add_parser("verify", help="recompute the keyed chain and report the first bad row",
+                            description="recompute the keyed chain (LIFELINE_AUDIT_KEY, or the store key it is "
+                                        "derived from) and report the first bad row")
     verify.add_argument("--org", help="only this org's chain (default: every org)")
+    verify.add_argument("--head", action="append", metavar="ORG:SEQ:HASH",
+                        help="a head from an 'audit head:' log line the chain must still contain (repeatable): "
+                             "catches a deleted tail")
     verify.add_argument("--database-url", help="PostgreSQL URL (default LIFELINE_DATABASE_URL)")
 
 
-COMMANDS["audit"] = (cmd_audit, "audit log tools: `lifeline audit verify [--org ORG]`", _configure_audit)
+COMMANDS["audit"] = (cmd_audit, "audit log tools: `lifeline audit verify [--org ORG] [--head ORG:SEQ:HASH]`",
+                     _configure_audit)
 
 
 def cmd_apikey(args: argparse.Namespace) -> int:

@@ -7,16 +7,34 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
 
 from api.deps import CurrentUser, PoolDep, guarded
+from api.problems import Problem
 from api.render import to_csv
 from api.routes.sla import From, To, period
 from infra.store.audit import append as audit
-from infra.store.audit import export_audit, list_audit
+from infra.store.audit import export_audit, list_audit, parse_head, verify_chain
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
-EXPORT_COLUMNS = ("id", "org_id", "at", "actor", "role", "action", "subject", "detail", "remote_addr", "prev_hash",
-                  "hash")
+EXPORT_COLUMNS = ("id", "org_id", "seq", "at", "actor", "role", "action", "subject", "detail", "remote_addr",
+                  "key_id", "prev_hash", "hash")
+
+
+class AuditHeadPublic(BaseModel):
+    seq: int
+    hash: str
+
+
+class AuditVerifyPublic(BaseModel):
+    ok: bool
+    rows: int
+    unkeyed: int = Field(description="rows from before the keyed chain, verified unkeyed and sealed by the first "
+                                     "keyed row")
+    head: AuditHeadPublic | None = Field(description="the org's last row: compare with the logged 'audit head'")
+    broken_id: int | None = Field(description="the first bad row's id (None when the tail was deleted)")
+    broken_seq: int | None = None
+    reason: str = ""
 
 
 @router.get("", **guarded("auditor"))
@@ -29,6 +47,23 @@ async def audit_log(pool: PoolDep, user: CurrentUser, actor: str | None = None,
     items = await list_audit(pool, user.org, actor=actor, action=action, since=since, until=until, limit=limit,
                              offset=offset)
     return {"items": items, "limit": limit, "offset": offset}
+
+
+@router.get("/verify", response_model=AuditVerifyPublic, **guarded("auditor"))
+async def audit_verify(pool: PoolDep, user: CurrentUser,
+                       head: Annotated[list[str] | None, Query(description="exported heads ORG:SEQ:HASH (from the"
+                                                                           " 'audit head' log line)")] = None
+                       ) -> AuditVerifyPublic:
+    """Recompute the caller's org's keyed audit chain; names the first bad row."""
+    try:
+        heads = [parse_head(h) for h in head or []]
+    except ValueError as exc:
+        raise Problem(422, str(exc), field="query.head") from None
+    result = await verify_chain(pool, user.org, heads=[h for h in heads if h[0] == user.org])
+    last = result.heads.get(user.org)
+    return AuditVerifyPublic(ok=result.ok, rows=result.rows, unkeyed=result.unkeyed,
+                             head=AuditHeadPublic(seq=last[0], hash=last[1]) if last else None,
+                             broken_id=result.broken_id, broken_seq=result.broken_seq, reason=result.reason)
 
 
 @router.get("/export", **guarded("auditor"))

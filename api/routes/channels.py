@@ -17,7 +17,7 @@ MAX_BODY = 16 * 1024 * 1024
 
 
 @router.post("/{channel}/messages", status_code=202, dependencies=guarded("sender")["dependencies"],
-             openapi_extra={"x-required-role": "sender", "requestBody": {
+             openapi_extra={**guarded("sender")["openapi_extra"], "requestBody": {
                  "required": True, "content": {t: {"schema": {"type": "string"}} for t in HL7_TYPES}}})
 async def post_message(channel: str, request: Request, pool: PoolDep, config: ConfigDep, settings: SettingsDep,
                        user: CurrentUser) -> JSONResponse:

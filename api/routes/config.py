@@ -209,7 +209,7 @@ async def delete_destination(name: str, request: Request, user: CurrentUser) -> 
 
 
 @router.put("/api/config/tables/{name}", dependencies=guarded("admin")["dependencies"],
-            openapi_extra={"x-required-role": "admin", "requestBody": {"content": {
+            openapi_extra={**guarded("admin")["openapi_extra"], "requestBody": {"content": {
                 "text/csv": {"schema": {"type": "string"}},
                 "application/json": {"schema": {"type": "object"}}}}})
 async def put_table(name: str, request: Request, user: CurrentUser) -> dict[str, Any]:
@@ -242,7 +242,7 @@ async def delete_table(name: str, request: Request, user: CurrentUser) -> dict[s
 
 
 @router.post("/api/channels/{channel}/dry-run", dependencies=guarded("operator")["dependencies"],
-             openapi_extra={"x-required-role": "operator", "requestBody": {
+             openapi_extra={**guarded("operator")["openapi_extra"], "requestBody": {
                  "required": True, "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def dry_run(channel: str, request: Request, pool: PoolDep, user: CurrentUser) -> dict[str, Any]:
     """What the current configuration would do with a sample message: routing per destination, each step's diff,

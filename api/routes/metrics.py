@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from api.deps import ConfigDep, CurrentUser, PoolDep, guarded
 from infra.config import LifelineConfig
 from infra.store import ops as ops_store
-from infra.store import system_tx_count
+from infra.store import rate_limits, system_tx_count
 from infra.store.flow import LATENCY_BUCKETS_S, metric_samples
 
 router = APIRouter(tags=["monitoring"])
@@ -131,7 +131,12 @@ async def metrics(request: Request, pool: PoolDep, config: ConfigDep, user: Curr
                                 labels=["purpose"])
     for purpose, n in sorted(system_tx_count.items()):
         cross.add_metric([purpose], n)
-    registry.register(_Fixed([*collector.collect(), cross]))
+    refused = CounterMetricFamily("lifeline_rate_limit_refusals",
+                                  "Requests refused with 429 by the rate limits (every API process), by scope and role",
+                                  labels=["scope", "role"])
+    for scope, role, n in await rate_limits.refusals(pool, user.org):
+        refused.add_metric([scope, role], n)
+    registry.register(_Fixed([*collector.collect(), cross, refused]))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

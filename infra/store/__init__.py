@@ -3,12 +3,15 @@
 Every statement runs in a transaction that names the org it acts for (`org_tx`): PostgreSQL's row-level security
 (migration 0010) shows a transaction only the rows of `current_setting('lifeline.org')`. Work that must see every
 org (the dispatcher's outbox, the flow monitor's snapshot, the audit chain verification) runs in `system_tx`, which
-names its purpose from a closed list, logs it and counts it; nothing else may read across orgs.
+names its purpose from a closed list, logs it, counts it and (in the long-running processes) records it in the audit
+log of the pseudo-org `_system`: one row per purpose per interval per process (`system_tx.summary`, with the number
+of transactions), so cross-org reads leave a keyed trail without a row per dispatcher sweep or API-key request.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +35,31 @@ SYSTEM_PURPOSES = ("dispatch", "monitor_snapshot", "audit_verify", "api_key_look
 # How many system transactions each purpose ran in this process (the API exports it on /metrics as
 # lifeline_store_cross_org_transactions_total).
 system_tx_count: Counter[str] = Counter()
+# The audit org of cross-org work: configured org names start with [a-z0-9], so no tenant can be called this; a token
+# of org `_system` with role auditor reads it through /api/audit.
+SYSTEM_AUDIT_ORG = "_system"
+
+
+class _SystemAudit:
+    """Whether and how often this process records its system transactions in the audit log (off until a process
+    turns it on at start-up: `lifeline api|worker|dispatcher|listener|poller`)."""
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+        self.actor = "lifeline"
+        self.written: dict[str, tuple[float, int]] = {}  # purpose -> (monotonic time, count) of the last row
+        self.baseline: dict[str, int] = {}  # counts when the summary was turned on
+
+
+system_audit = _SystemAudit()
+
+
+def audit_system_transactions(seconds: float | None, actor: str = "lifeline") -> None:
+    """Record system transactions in the `_system` audit log, one row per purpose per `seconds` (None: off)."""
+    system_audit.seconds = seconds if seconds and seconds > 0 else None
+    system_audit.actor = actor
+    system_audit.written.clear()
+    system_audit.baseline = dict(system_tx_count)
 
 _SET_ORG = "select set_config('lifeline.org', $1, true), set_config('lifeline.system', '', true)"
 _SET_SYSTEM = "select set_config('lifeline.system', $1, true), set_config('lifeline.org', '', true)"
@@ -74,8 +102,34 @@ async def system_tx(db: Db, purpose: str, **tx: Any) -> AsyncIterator[Conn]:
         raise ValueError(f"{purpose!r} is not a cross-org purpose ({', '.join(SYSTEM_PURPOSES)})")
     system_tx_count[purpose] += 1
     log.debug("cross-org transaction: %s", purpose)
+    if system_audit.seconds is not None:
+        await _record_system_tx(db, purpose)
     async with _tx(db, _SET_SYSTEM, purpose, **tx) as conn:
         yield conn
+
+
+async def _record_system_tx(db: Db, purpose: str) -> None:
+    """The first system transaction of a purpose, then at most one per interval, writes a summary audit row."""
+    now = time.monotonic()
+    last = system_audit.written.get(purpose)
+    if last is not None and now - last[0] < (system_audit.seconds or 0):
+        return
+    if not isinstance(db, asyncpg.Pool) and db.is_in_transaction():
+        return  # inside the caller's transaction (perhaps read-only): the next one writes the summary
+    from infra.store.audit import append
+
+    count = system_tx_count[purpose] - (last[1] if last else system_audit.baseline.get(purpose, 0))
+    system_audit.written[purpose] = (now, system_tx_count[purpose])
+    try:
+        await append(db, org_id=SYSTEM_AUDIT_ORG, actor=system_audit.actor, action="system_tx.summary",
+                     subject=purpose, role="system",
+                     detail={"transactions": count, "since_seconds": None if last is None else round(now - last[0]),
+                             "interval_seconds": system_audit.seconds})
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # The system transaction itself decides whether the store is usable; the summary is written next time.
+        system_audit.written[purpose] = last if last is not None else \
+            (now - (system_audit.seconds or 0), system_audit.baseline.get(purpose, 0))
+        log.warning("cross-org transaction summary not audited: %s", type(exc).__name__)
 
 
 async def ping(db: Db) -> None:

@@ -74,14 +74,15 @@ class Stack:
     http: httpx.AsyncClient
     client: Client
     fakes: Fakes
-    pool: asyncpg.Pool
+    pool: asyncpg.Pool  # the superuser: seeds and cross-org assertions
     task_queue: str
     address: str
     remediation: RemediationActivities
+    app_pool: asyncpg.Pool  # lifeline_app, what the activities run as
 
 
 @pytest.fixture
-async def stack(db_url: str, pool: asyncpg.Pool, temporal_env: WorkflowEnvironment,
+async def stack(db_url: str, pool: asyncpg.Pool, app_pool: asyncpg.Pool, temporal_env: WorkflowEnvironment,
                 task_queue: str) -> AsyncIterator[Stack]:
     client = temporal_env.client
     mllp = MllpOut(host="127.0.0.1", port=9)
@@ -94,11 +95,12 @@ async def stack(db_url: str, pool: asyncpg.Pool, temporal_env: WorkflowEnvironme
     async def provider() -> Client:
         return client
 
-    diag = DiagnosticsActivities(pool, config)
-    rem = RemediationActivities(pool, provider, config)
+    # The activities act as the application role, under row-level security, like the worker.
+    diag = DiagnosticsActivities(app_pool, config)
+    rem = RemediationActivities(app_pool, provider, config)
     acts = [fakes.diagnose, diag.record_case, diag.record_resolution, fakes.run_action, fakes.measure,
             fakes.notify, rem.audit_event, fakes.engine_status, fakes.engine_control, rem.workflow_running,
-            ApprovalActivities(pool, TEST_JWT_SECRET).verify_approval]
+            ApprovalActivities(app_pool, TEST_JWT_SECRET).verify_approval]
     address = client.service_client.config.target_host
     app: FastAPI = create_app(make_settings(database_url=db_url, temporal_address=address, task_queue=task_queue),
                               config)
@@ -106,7 +108,7 @@ async def stack(db_url: str, pool: asyncpg.Pool, temporal_env: WorkflowEnvironme
     async with Worker(client, task_queue=task_queue, workflows=[RemediationCaseWorkflow, EngineRestartWorkflow],
                       activities=acts), app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            yield Stack(http, client, fakes, pool, task_queue, address, rem)
+            yield Stack(http, client, fakes, pool, task_queue, address, rem, app_pool)
 
 
 def problem(r: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
@@ -244,7 +246,7 @@ async def test_reconnect_resets_the_backoff_of_started_deliveries(stack: Stack) 
         async def provider() -> Client:
             return stack.client
 
-        rem = RemediationActivities(stack.pool, provider, LifelineConfig())
+        rem = RemediationActivities(stack.app_pool, provider, LifelineConfig())
         result = await rem.run_action(ActionInput("case:destination_down:x", "default", "reconnect",
                                                   f"destination:{dest}"))
         assert result.ok and result.affected == 1, result

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from activities.store import audit
+from infra.store.audit import list_audit
 from tests.monitoring.conftest import bearer
 from workers.cli import main
 
@@ -19,7 +20,7 @@ async def _append(pool: asyncpg.Pool, n: int, org: str = "default") -> list[int]
     for i in range(n):
         await audit(pool, org_id=org, actor=f"user{i % 2}", action="dead_letters.replay" if i % 2 else "message.read",
                     subject=f"s{i}", role="operator", detail={"i": i, "why": "test ü", "rate": 0.1})
-    return [r["id"] for r in await pool.fetch("select id from audit_log where org_id = $1 order by id", org)]
+    return sorted(r["id"] for r in await list_audit(pool, org, limit=1000))
 
 
 async def verify(db_url: str, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
@@ -27,22 +28,23 @@ async def verify(db_url: str, capsys: pytest.CaptureFixture[str], *extra: str) -
     return code, capsys.readouterr().out.strip()
 
 
-async def test_verify_ok_then_detects_an_edited_and_a_deleted_row(pool: asyncpg.Pool, db_url: str,
+async def test_verify_ok_then_detects_an_edited_and_a_deleted_row(app_pool: asyncpg.Pool,
+                                                                  superuser_pool: asyncpg.Pool, db_url: str,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    ids = await _append(pool, 6)
-    await _append(pool, 2, org="other")
+    ids = await _append(app_pool, 6)
+    await _append(app_pool, 2, org="other")
     assert await verify(db_url, capsys) == (0, "ok: 8 rows in 2 orgs")
     assert await verify(db_url, capsys, "--org", "default") == (0, "ok: 6 rows")
 
     # The table refuses changes; tampering needs the owner/superuser to disable the trigger first.
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
-        await pool.execute("update audit_log set actor = 'mallory' where id = $1", ids[2])
+        await superuser_pool.execute("update audit_log set actor = 'mallory' where id = $1", ids[2])
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
-        await pool.execute("delete from audit_log where id = $1", ids[2])
+        await superuser_pool.execute("delete from audit_log where id = $1", ids[2])
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
-        await pool.execute("truncate audit_log")
+        await superuser_pool.execute("truncate audit_log")
 
-    async with pool.acquire() as c:
+    async with superuser_pool.acquire() as c:
         await c.execute("alter table audit_log disable trigger audit_log_no_update_delete")
         await c.execute("update audit_log set detail = '{\"i\": 99}' where id = $1", ids[2])
         await c.execute("alter table audit_log enable trigger audit_log_no_update_delete")
@@ -51,10 +53,10 @@ async def test_verify_ok_then_detects_an_edited_and_a_deleted_row(pool: asyncpg.
     assert await verify(db_url, capsys, "--org", "other") == (0, "ok: 2 rows")
 
 
-async def test_verify_detects_a_deleted_row(pool: asyncpg.Pool, db_url: str,
+async def test_verify_detects_a_deleted_row(app_pool: asyncpg.Pool, superuser_pool: asyncpg.Pool, db_url: str,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    ids = await _append(pool, 5)
-    async with pool.acquire() as c:
+    ids = await _append(app_pool, 5)
+    async with superuser_pool.acquire() as c:
         await c.execute("alter table audit_log disable trigger audit_log_no_update_delete")
         await c.execute("delete from audit_log where id = $1", ids[1])
         await c.execute("alter table audit_log enable trigger audit_log_no_update_delete")
@@ -62,9 +64,9 @@ async def test_verify_detects_a_deleted_row(pool: asyncpg.Pool, db_url: str,
     assert code == 1 and f"row {ids[2]} " in out and "deleted" in out
 
 
-async def test_audit_api_filters_pages_and_exports(api: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
-    await _append(pool, 6)
-    await _append(pool, 1, org="other")
+async def test_audit_api_filters_pages_and_exports(api: httpx.AsyncClient, app_pool: asyncpg.Pool) -> None:
+    await _append(app_pool, 6)
+    await _append(app_pool, 1, org="other")
     assert (await api.get("/api/audit", headers=bearer("viewer"))).status_code == 403
     auditor = bearer("auditor")
     body = (await api.get("/api/audit", headers=auditor)).json()

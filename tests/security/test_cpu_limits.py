@@ -92,8 +92,8 @@ def test_control_characters_are_refused_as_separators(sep: str) -> None:
     assert err.value.field == 2
 
 
-async def test_listener_answers_ar_naming_the_segment_over_the_limit(pool: object, store_cipher: Cipher) -> None:
-    async with listening(pool, store_cipher, channel()) as listener:  # type: ignore[arg-type]
+async def test_listener_answers_ar_naming_the_segment_over_the_limit(app_pool: object, store_cipher: Cipher) -> None:
+    async with listening(app_pool, store_cipher, channel()) as listener:  # type: ignore[arg-type]
         listener.limits = Limits(max_segments=4, max_segment_chars=10_000)
         client = await MllpClient.connect(listener.port)
         try:
@@ -107,7 +107,7 @@ async def test_listener_answers_ar_naming_the_segment_over_the_limit(pool: objec
             client.writer.close()
 
 
-async def test_accept_parses_and_validates_off_the_event_loop(pool: object, store_cipher: Cipher,
+async def test_accept_parses_and_validates_off_the_event_loop(app_pool: object, store_cipher: Cipher,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[threading.Thread] = []
     original = interop.intake.prepare_inbound
@@ -117,7 +117,7 @@ async def test_accept_parses_and_validates_off_the_event_loop(pool: object, stor
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr("activities.store.prepare_inbound", spy)
-    result = await accept(pool, store_cipher, channel(), HEADER)  # type: ignore[arg-type]
+    result = await accept(app_pool, store_cipher, channel(), HEADER)  # type: ignore[arg-type]
     assert result.ack_code == "AA"
     assert threads and threads[0] is not threading.main_thread()
 

@@ -35,8 +35,8 @@ async def closed(client: MllpClient) -> bool:
     return data == b""
 
 
-async def test_one_peer_cannot_take_every_connection(pool: asyncpg.Pool, store_cipher: Cipher) -> None:
-    async with listening(pool, store_cipher, channel(max_connections_per_peer=2)) as listener:
+async def test_one_peer_cannot_take_every_connection(app_pool: asyncpg.Pool, store_cipher: Cipher) -> None:
+    async with listening(app_pool, store_cipher, channel(max_connections_per_peer=2)) as listener:
         first, second = await MllpClient.connect(listener.port), await MllpClient.connect(listener.port)
         assert (await first.send(adt("P1", "M1"))).code == "AA"
         assert (await second.send(adt("P2", "M2"))).code == "AA"
@@ -52,8 +52,8 @@ async def test_one_peer_cannot_take_every_connection(pool: asyncpg.Pool, store_c
                          and listener.budget.used == 0)
 
 
-async def test_partial_frames_share_one_budget(pool: asyncpg.Pool, store_cipher: Cipher) -> None:
-    async with listening(pool, store_cipher, channel(max_buffered_bytes=4096)) as listener:
+async def test_partial_frames_share_one_budget(app_pool: asyncpg.Pool, store_cipher: Cipher) -> None:
+    async with listening(app_pool, store_cipher, channel(max_buffered_bytes=4096)) as listener:
         slow = await MllpClient.connect(listener.port)
         text = adt("B1", "M1")
         slow.writer.write(bytes([SB]) + text.encode()[:10] + b"X" * 2500)  # a partial frame of ~2.5 KB
@@ -97,8 +97,8 @@ class _StuckWriter:
         pass
 
 
-async def test_a_peer_that_never_reads_its_ack_is_dropped(pool: asyncpg.Pool, store_cipher: Cipher) -> None:
-    listener = ChannelListener(channel(write_timeout="200ms"), pool, store_cipher)
+async def test_a_peer_that_never_reads_its_ack_is_dropped(app_pool: asyncpg.Pool, store_cipher: Cipher) -> None:
+    listener = ChannelListener(channel(write_timeout="200ms"), app_pool, store_cipher)
     reader = asyncio.StreamReader()
     reader.feed_data(encode(adt("D1", "M1")))
     writer = _StuckWriter()

@@ -74,10 +74,11 @@ def _as(role: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint_token(TEST_JWT_SECRET, subject=role, org='default', roles=[role])}"}
 
 
-async def test_peer_texts_reach_only_phi_readers(api: httpx.AsyncClient, pool: asyncpg.Pool,
-                                                 store_cipher: Cipher) -> None:
+async def test_peer_texts_reach_only_phi_readers(api: httpx.AsyncClient, app_pool: asyncpg.Pool,
+                                                 superuser_pool: asyncpg.Pool, store_cipher: Cipher) -> None:
     channel = load_config(EXAMPLE_CONFIG).channels[0]
-    result = await accept(pool, store_cipher, channel, MESSAGE)
+    result = await accept(app_pool, store_cipher, channel, MESSAGE)
+    pool = superuser_pool  # seeds the delivery rows the engine would have written
     mid = result.message_id
     answer, error = f"AR ERR 207 {PEER_TEXT}", f"peer rejected the message (AR ERR 207 {PEER_TEXT})"
     await pool.execute("insert into deliveries (message_id, destination, org_id, seq, workflow_id, status, last_error,"

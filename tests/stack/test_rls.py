@@ -12,21 +12,12 @@ import pytest
 from activities.store import accept
 from infra.config import Channel
 from infra.crypto import Cipher
-from infra.db import create_pool
 from infra.store import SYSTEM_PURPOSES, org_tx, system_tx
 from infra.store.messages import list_messages
 
 ROOT = Path(__file__).resolve().parents[2]
 ADT = ("MSH|^~\\&|EHR|HOSP|LAB|HOSP|20240101120000||ADT^A01|{cid}|P|2.5\rEVN|A01|20240101120000\r"
        "PID|1||{mrn}^^^HOSP^MR||DOE^JANE||19800101|F\rPV1|1|I")
-
-
-@pytest.fixture
-async def app_pool(db_url: str) -> asyncpg.Pool:
-    """A pool acting as the application role (like every Lifeline process), not as the test's superuser."""
-    p = await create_pool(db_url, min_size=1, max_size=4, role="lifeline_app")
-    yield p
-    await p.close()
 
 
 def _channel(org: str) -> Channel:
