@@ -23,7 +23,9 @@ TEXT = {**VIEWER, "Content-Type": "text/plain"}
 
 @pytest.fixture
 async def client(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    app: FastAPI = create_app(make_settings(database_url=db_url), load_config(EXAMPLE_CONFIG))
+    # One viewer posts every fixture to three routes (~550 requests in seconds): a script that the default limit
+    # (viewer 20/s, burst 200) would rightly slow down; these tests are about answers, not limits.
+    app: FastAPI = create_app(make_settings(database_url=db_url, rate_limits=False), load_config(EXAMPLE_CONFIG))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
