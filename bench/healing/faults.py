@@ -79,6 +79,9 @@ class Run:
     acked: list[str] = field(default_factory=list)
     peer: Peer | None = None
     breach_at: float | None = None  # backlog surge: when the backlog age actually passed its limit
+    # When the fault itself began, for scenarios that run normally first (the surge's 5x phase, the flapping peer's
+    # first outage); None: at the scenario's start. Detection is measured from here.
+    injected_at: float | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -146,7 +149,7 @@ async def backlog_surge(ll: Lifeline, run: Run, port: int, case_id: str) -> None
             await _send(ll, [adt(f"SURGE{n:04d}", "MRN1", seq=n)], run)
             n += 1
             await asyncio.sleep(1.0)
-        began = time.time()
+        began = run.injected_at = time.time()
         while time.time() - began < 60 and run.breach_at is None:  # 5x normal
             await _send(ll, [adt(f"SURGE{n + i:04d}", "MRN1", seq=n + i) for i in range(5)], run)
             n += 5
@@ -165,6 +168,7 @@ async def flapping(ll: Lifeline, run: Run, port: int, case_id: str) -> None:
     for i in range(6):  # 2 minutes: down 20 s, up 20 s, ...
         if up:
             await run.peer.stop()
+            run.injected_at = run.injected_at or time.time()  # the first outage is the fault's start
         else:
             await run.peer.start()
         up = not up

@@ -22,7 +22,9 @@ def render_markdown(r: dict[str, Any]) -> str:
            f"{load['loadavg_at_start']}, at end {load['loadavg_at_end']}."
            + "".join(f" Run {i}: {x['started_at']}, {x['seconds']} s, load {x['load']['loadavg_at_start']} → "
                      f"{x['load']['loadavg_at_end']}." for i, x in enumerate(r.get("runs", []), 1)), "",
-           "detect = fault injected → case opened; repair = fixable (injection, or the peer/sender fixed) → case "
+           "detect = fault injected → case opened (the surge's fault is its 5x phase, after 10 s at the normal "
+           "rate; the flapping peer's is its first outage, after 20 s up — both measured from there, the offset is "
+           "in the notes); repair = fixable (injection, or the peer/sender fixed) → case "
            "resolved or remediated-and-cooling-down (– when the case escalated); undelivered = ACKed (so stored: "
            "an AA is sent only after the commit) but not delivered when the scenario ended — held by a paused "
            "destination or still queued for a slow peer, not lost.", "",
@@ -43,6 +45,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         notes = list(x.get("notes", []))
         if x["fault"] == "backlog_surge":
             notes.append(f"breach at {_s(x.get('breach_s'))} s, forecast lead {_s(x.get('forecast_lead_s'))} s")
+        if x.get("injected_after_s"):
+            notes.append(f"fault began {x['injected_after_s']} s into the scenario")
         if x.get("case_runs", 1) != 1:
             notes.append(f"{x.get('case_runs')} case runs")
         if x.get("recurrences"):

@@ -190,7 +190,8 @@ async def run_one(rig: Rig, spec: Spec, mode: str, tmp: Path) -> dict[str, Any]:
     fixable = max(x for x in (run.fixable_at or t0, detected or t0))
     out.update({
         "detected": detected is not None,
-        "detect_s": round(detected - t0, 1) if detected else None,
+        "detect_s": round(detected - (run.injected_at or t0), 1) if detected else None,
+        "injected_after_s": round(run.injected_at - t0, 1) if run.injected_at else 0.0,
         "signature": signature,
         "diagnosis_right": bool(signature and signature.startswith(spec.expect)),
         "stage": final.stage if final is not None else None,
