@@ -71,6 +71,8 @@ PATCH_CASE_COOLDOWN = "case-cooldown"
 PATCH_HOLD_OPEN_EVERY_RECURRENCE = "hold-open-every-recurrence"
 # A recurrence while the case holds the destination's breaker renews the hold instead of spending an attempt.
 PATCH_FLAP_HOLD = "case-flapping-hold"
+# During a cool-down, evidence counts as a recurrence only if the verification measured since the fix fails.
+PATCH_RECURRENCE_SINCE_FIX = "case-recurrence-since-fix"
 
 
 def org_attribute(org: str, *more: SearchAttributePair[str]) -> TypedSearchAttributes:

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         PATCH_FLAP_HOLD,
         PATCH_HOLD_OPEN_EVERY_RECURRENCE,
         PATCH_ONCALL_RESOLVE,
+        PATCH_RECURRENCE_SINCE_FIX,
         PATCH_VERIFY_APPROVAL,
         QUERY_STATE,
         SA_CASE_KIND,
@@ -264,9 +265,7 @@ class RemediationCaseWorkflow:
             self._recurred = False
             await self._stage("cooling_down", f"remediated; the case stays open {inp.cooldown_s:g}s in case the "
                               "problem comes back")
-            try:
-                await workflow.wait_condition(lambda: self._recurred, timeout=timedelta(seconds=inp.cooldown_s))
-            except TimeoutError:
+            if not await self._await_recurrence(inp):
                 self._cooling_since = None
                 return "resolved"
             self._cooling_since = None
@@ -291,6 +290,31 @@ class RemediationCaseWorkflow:
                                             diagnosis)
             if outcome != "resolved":
                 return outcome
+
+    async def _await_recurrence(self, inp: CaseInput) -> bool:
+        """Wait out the cool-down; True at a recurrence. Patched: evidence during the cool-down is a recurrence only
+        if the problem shows since the fix (the verification measured from the start of the cool-down fails) —
+        detectors look back over a window (5 min), so right after a fix they still report the failures before it."""
+        deadline = workflow.now() + timedelta(seconds=inp.cooldown_s)
+        base = await self._measure(inp) if workflow.patched(PATCH_RECURRENCE_SINCE_FIX) else None
+        while True:
+            try:
+                await workflow.wait_condition(lambda: self._recurred,
+                                              timeout=max(deadline - workflow.now(), timedelta(milliseconds=1)))
+            except TimeoutError:
+                return False
+            if base is None:
+                return True
+            since = await self._measure(inp, since=base.at)
+            ok, why = verify(inp.kind, inp.subject, base, since)
+            if not ok:
+                self._note(f"the problem shows again since the fix: {why}")
+                return True
+            self._note(f"evidence during the cool-down, but nothing failed since the fix ({why}): earlier failures "
+                       "still in the detector's window, not a recurrence")
+            # Look again at most once per settle period, however often the monitor repeats its window.
+            await workflow.sleep(timedelta(seconds=max(1.0, inp.settle_s)))
+            self._recurred = False
 
     def _holding(self) -> bool:
         """Whether the case's last effective action holds the destination's breaker (hold_breaker verified)."""

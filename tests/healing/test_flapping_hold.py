@@ -147,6 +147,8 @@ class HoldFakes(Fakes):
     @activity.defn(name="run_action")
     async def run_action(self, inp: ActionInput) -> ActionResult:
         self.actions.append(inp.action)
+        if inp.action in self.fixes:
+            self.fixed = True
         if inp.action == "hold_breaker" and not self.peer_gone:
             self.fixed = True
             return ActionResult(inp.action, True, "breaker held; delivery resumed")
@@ -178,6 +180,7 @@ async def test_flapping_peer_keeps_its_held_breaker_without_spending_attempts(
     # reconnect does not verify (the peer is down), hold_breaker does once delivery resumes.
     await until(handle, lambda s: s.stage == "cooling_down")
     for n in (1, 2, 3, 4):  # it flaps: more recurrences than the attempt limit, each renews the hold
+        fakes.fixed = False  # down again since the fix (the renewal's resumed delivery makes it healthy again)
         await handle.signal(SIGNAL_EVIDENCE, Evidence("destination_down", subj, FUTURE, "down again", {}, "refused"))
         await until(handle, lambda s, n=n: s.recurrences == n and s.stage == "cooling_down"
                     and sum(1 for a in s.attempts if a["outcome"] == "renewed") == n)
@@ -197,10 +200,33 @@ async def test_flapping_peer_keeps_its_held_breaker_without_spending_attempts(
         id=case_workflow_id("default", "destination_down", subj2), task_queue=tq,
         start_signal=SIGNAL_EVIDENCE, start_signal_args=[ev])
     await until(handle, lambda s: s.stage == "cooling_down")
-    fakes.peer_gone = True
+    fakes.peer_gone, fakes.fixed = True, False
     await handle.signal(SIGNAL_EVIDENCE, Evidence("destination_down", subj2, FUTURE, "down again", {}, "refused"))
     await until(handle, lambda s: s.stage == "escalated")
     state = await handle.query(RemediationCaseWorkflow.state)
     assert state is not None
     assert state.attempts[-1]["action"] == "hold_breaker" and state.attempts[-1]["outcome"] == "failed"
     await handle.terminate("test over")  # it would stay open through its cool-down
+
+
+async def test_evidence_from_before_the_fix_still_in_the_window_is_not_a_recurrence(
+        rig: tuple[Client, HoldFakes, str]) -> None:
+    client, fakes, tq = rig
+    fakes.diagnosis = Diagnosis("ack_reject:207", "rejects", 0.9, actions=proposed("replay_dead_letters",
+                                                                                  destination="lab"))
+    fakes.fixes = {"replay_dead_letters"}
+    subj = f"destination:lab{uuid.uuid4().hex[:6]}"
+    ev = Evidence("destination_rejecting", subj, "2024-01-01T00:00:00+00:00", "30% rejected", {}, "ack_reject:207")
+    handle: Any = await client.start_workflow(
+        RemediationCaseWorkflow.run, CaseInput("destination_rejecting", subj, mode="semi-auto", settle_s=1.0,
+                                               cooldown_s=300.0),
+        id=case_workflow_id("default", "destination_rejecting", subj), task_queue=tq,
+        start_signal=SIGNAL_EVIDENCE, start_signal_args=[ev])
+    await until(handle, lambda s: s.stage == "cooling_down")
+    # The detector still counts the rejects of its 5-minute window, but nothing was rejected since the fix.
+    await handle.signal(SIGNAL_EVIDENCE, Evidence("destination_rejecting", subj, FUTURE, "30% rejected", {},
+                                                  "ack_reject:207"))
+    await until(handle, lambda s: any("not a recurrence" in h for h in s.history))
+    state = await handle.result()
+    assert state.stage == "resolved" and state.recurrences == 0
+    assert fakes.actions == ["replay_dead_letters"]  # remediated once, not again for stale evidence

@@ -293,9 +293,11 @@ async def test_flapping_keeps_one_case_shows_it_and_escalates_after_the_attempt_
     handle = await open_case(client, tq, "destination_down", subj, cooldown_s=300.0, max_attempts=3)
     for n in (1, 2):
         await until(handle, lambda s, n=n: s.stage == "cooling_down" and len(s.attempts) == n)
+        fakes.fixed = False  # it really is down again (measured since the fix), not only still in the window
         await handle.signal(SIGNAL_EVIDENCE, Evidence("destination_down", subj, FUTURE, "down again", {}, "refused"))
         await until(handle, lambda s, n=n: s.recurrences == n)
     await until(handle, lambda s: s.stage == "cooling_down" and len(s.attempts) == 3)
+    fakes.fixed = False
     await handle.signal(SIGNAL_EVIDENCE, Evidence("destination_down", subj, FUTURE, "down again", {}, "refused"))
     state = await handle.result()
     assert state.stage == "escalated" and state.recurrences == 3
