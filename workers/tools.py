@@ -586,3 +586,38 @@ def _configure_apikey(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS["apikey"] = (cmd_apikey, "manage API keys of EHR senders: create | revoke | list", _configure_apikey)
+
+
+# -- lifeline openapi ---------------------------------------------------------------------------------------------
+def cmd_openapi(args: argparse.Namespace) -> int:
+    """Print the API's OpenAPI document (what GET /openapi.json serves) without starting anything."""
+    import base64
+    import json
+    import secrets
+
+    from pydantic import SecretStr
+
+    from api.app import create_app
+    from infra.config import LifelineConfig
+    from infra.settings import Settings
+
+    # The document depends on neither the configuration nor the secrets: throwaway ones build the same routes.
+    def key() -> str:
+        return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+    settings = Settings(environment="development", jwt_secret=SecretStr(secrets.token_urlsafe(48)),
+                        store_key=SecretStr(key()), codec_key=SecretStr(key()))
+    document = create_app(settings, LifelineConfig()).openapi()
+    text = json.dumps(document, indent=2, sort_keys=False) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _configure_openapi(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", type=Path, help="write to this file instead of standard output")
+
+
+COMMANDS["openapi"] = (cmd_openapi, "print the REST API's OpenAPI document (for client generators)", _configure_openapi)

@@ -31,6 +31,8 @@ SA_ORG = "LifelineOrg"
 QUERY_STATUS = "status"
 QUERY_STATE = "state"
 QUERY_PROGRESS = "progress"
+# A query is answered by a worker: with none polling it waits, so callers give it up after this (seconds).
+QUERY_TIMEOUT_S = 10.0
 SIGNAL_EVIDENCE = "evidence"
 SIGNAL_APPROVE = "approve"
 SIGNAL_REJECT = "reject"

@@ -7,9 +7,10 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from api.deps import CurrentUser, PoolDep, guarded
+from api.deps import CurrentUser, Offset, PoolDep, guarded
+from api.models import Public
 from api.problems import Problem
 from api.render import to_csv
 from api.routes.sla import From, To, period
@@ -21,12 +22,12 @@ EXPORT_COLUMNS = ("id", "org_id", "seq", "at", "actor", "role", "action", "subje
                   "key_id", "prev_hash", "hash")
 
 
-class AuditHeadPublic(BaseModel):
+class AuditHeadPublic(Public):
     seq: int
     hash: str
 
 
-class AuditVerifyPublic(BaseModel):
+class AuditVerifyPublic(Public):
     ok: bool
     rows: int
     unkeyed: int = Field(description="rows from before the keyed chain, verified unkeyed and sealed by the first "
@@ -37,19 +38,46 @@ class AuditVerifyPublic(BaseModel):
     reason: str = ""
 
 
+class AuditEntry(Public):
+    id: int
+    org_id: str
+    seq: int = Field(description="the row's place in the org's chain")
+    at: datetime
+    actor: str = Field(description="who: a token subject, apikey:<name>, or lifeline (the engine itself)")
+    role: str | None
+    action: str = Field(examples=["message.read_body", "config.change", "remediations.approve"])
+    subject: str | None
+    detail: dict[str, Any] = Field(description="what the action recorded (ids, reasons, diffs; never PHI)")
+    remote_addr: str | None
+    key_id: str | None = Field(description="the chain key's id (null: a row from before the keyed chain)")
+    prev_hash: str | None = Field(description="hex: the previous row's hash in the org's chain")
+    hash: str = Field(description="hex: this row's HMAC (SHA-256 for rows before the keyed chain), over it and"
+                                  " prev_hash")
+
+
+class AuditPage(Public):
+    items: list[AuditEntry]
+    limit: int
+    offset: int
+
+
+CSV: dict[int | str, dict[str, Any]] = {200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+             "description": "CSV with a header row: " + ", ".join(EXPORT_COLUMNS)}}
+
+
 @router.get("", **guarded("auditor"))
 async def audit_log(pool: PoolDep, user: CurrentUser, actor: str | None = None,
                     action: Annotated[str | None, Query(description="exact, or a prefix ending in *")] = None,
                     since: datetime | None = None, until: datetime | None = None,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                    offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+                    offset: Offset = 0) -> AuditPage:
     """Audit rows of the caller's org, newest first."""
     items = await list_audit(pool, user.org, actor=actor, action=action, since=since, until=until, limit=limit,
                              offset=offset)
-    return {"items": items, "limit": limit, "offset": offset}
+    return AuditPage.model_validate({"items": items, "limit": limit, "offset": offset})
 
 
-@router.get("/verify", response_model=AuditVerifyPublic, **guarded("auditor"))
+@router.get("/verify", response_model=AuditVerifyPublic, **guarded("auditor", 422))
 async def audit_verify(pool: PoolDep, user: CurrentUser,
                        head: Annotated[list[str] | None, Query(description="exported heads ORG:SEQ:HASH (from the"
                                                                            " 'audit head' log line)")] = None
@@ -66,7 +94,7 @@ async def audit_verify(pool: PoolDep, user: CurrentUser,
                              broken_id=result.broken_id, broken_seq=result.broken_seq, reason=result.reason)
 
 
-@router.get("/export", **guarded("auditor"))
+@router.get("/export", response_class=Response, **guarded("auditor", 422, responses=CSV))
 async def audit_export(request: Request, pool: PoolDep, user: CurrentUser, from_: From = None, to: To = None,
                        format: Literal["csv"] = "csv") -> Response:  # noqa: A002
     """Every audit row of [from, to) as CSV, hashes included for offline verification."""

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 
 from api.deps import CurrentUser, PoolDep, guarded
+from api.models import Public
 from infra.store.breakers import list_breakers
 
 router = APIRouter(prefix="/api/destinations", tags=["monitoring"])
 
 
-class BreakerPublic(BaseModel):
+class BreakerPublic(Public):
     destination: str
-    state: str  # closed | open | half_open
+    state: Literal["closed", "open", "half_open"]
     failures: int  # connection failures in a row
     opened_at: datetime | None = None
     next_probe_at: datetime | None = None

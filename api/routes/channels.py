@@ -2,25 +2,60 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import Field
 
 from activities.store import accept
 from api.deps import ConfigDep, CurrentUser, PoolDep, SettingsDep, guarded
-from api.problems import Problem
+from api.models import Public, StoredFinding
+from api.problems import PROBLEM_MEDIA_TYPE, Problem, ProblemDetails
 
 router = APIRouter(prefix="/api/channels", tags=["ingress"])
 HL7_TYPES = ("text/plain", "x-application/hl7-v2+er7", "application/hl7-v2")
 MAX_BODY = 16 * 1024 * 1024
+ADT_EXAMPLE = ("MSH|^~\\&|EHR|HOSP|LAB|HOSP|20240101120000||ADT^A01|MSG0001|P|2.5\rEVN|A01|20240101120000\r"
+               "PID|1||M1^^^HOSP^MR||DOE^JANE||19800101|F\rPV1|1|I")
 
 
-@router.post("/{channel}/messages", status_code=202, dependencies=guarded("sender")["dependencies"],
-             openapi_extra={**guarded("sender")["openapi_extra"], "requestBody": {
-                 "required": True, "content": {t: {"schema": {"type": "string"}} for t in HL7_TYPES}}})
+class Accepted(Public):
+    """The message is stored (committed) and ACKed."""
+
+    model_config = {"json_schema_extra": {"examples": [
+        {"message_id": "01JD3Y8W6M3K5Q2V7T9R4N1B0C", "status": "accepted", "ack_code": "AA",
+         "ack": "MSH|^~\\&|LAB|HOSP|EHR|HOSP|20240101120001||ACK^A01|A1|P|2.5\rMSA|AA|MSG0001",
+         "duplicate": False, "findings": []}]}}
+
+    message_id: str
+    status: Literal["accepted"]
+    ack_code: str = Field(description="AA")
+    ack: str = Field(description="the HL7 ACK (ER7) the engine sends for it over MLLP")
+    duplicate: bool = Field(description="a resend of a stored message: ACKed again, not delivered twice")
+    findings: list[StoredFinding] = Field(description="warnings (a message with errors is rejected)")
+
+
+class Rejected(ProblemDetails):
+    """A rejected message is stored too (invariant 2): problem details plus the accept result with its AR/AE."""
+
+    message_id: str | None = None
+    ack_code: str | None = Field(default=None, description="AR or AE")
+    ack: str | None = None
+    duplicate: bool | None = None
+    findings: list[StoredFinding] | None = None
+
+
+_BODY = {"required": True, "content": {t: {"schema": {"type": "string"}, "example": ADT_EXAMPLE} for t in HL7_TYPES}}
+
+
+@router.post("/{channel}/messages", status_code=202, response_model=Accepted,
+             **guarded("sender", 404, 413, 415, body=_BODY, responses={
+                 422: {"model": Rejected, "content": {PROBLEM_MEDIA_TYPE: {}},
+                       "description": "rejected (stored, answered AR/AE; findings name segment and field),"
+                                      " or an empty body"}}))
 async def post_message(channel: str, request: Request, pool: PoolDep, config: ConfigDep, settings: SettingsDep,
-                       user: CurrentUser) -> JSONResponse:
+                       user: CurrentUser) -> Any:
     """Accept one HL7 v2 message (ER7 text); 202 with the message id and ACK, 422 with findings."""
     ch = config.channel(channel)
     if ch is None or ch.org != user.org:
@@ -46,8 +81,8 @@ async def post_message(channel: str, request: Request, pool: PoolDep, config: Co
         payload.update({"type": "about:blank", "title": "Message rejected", "status": 422,
                         "detail": first.get("text", "message rejected"),
                         "field": _field_name(first)})
-        return JSONResponse(payload, status_code=422, media_type="application/problem+json")
-    return JSONResponse(payload, status_code=202)
+        return JSONResponse(payload, status_code=422, media_type=PROBLEM_MEDIA_TYPE)
+    return Accepted(**payload)
 
 
 def _field_name(f: dict[str, Any]) -> str:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from activities.pipeline import plan, plan_dict
 from activities.store import audit
 from api.deps import CurrentUser, PoolDep, get_config, guarded
+from api.models import Public
 from api.problems import Problem
 from infra.config import ConfigError, LifelineConfig
 from infra.live import check_org_document, merge, org_document
@@ -32,6 +34,83 @@ class ConfigPut(BaseModel):
 
 class Restore(BaseModel):
     comment: str = Field(default="", max_length=500)
+
+
+ORG_DOCUMENT = ("the org's configuration document: channels, destinations, tables, ... as in lifeline.yaml"
+                " (webhook secrets <redacted> unless the caller is admin)")
+
+
+class ConfigChange(Public):
+    """One change between two documents, by key path (named items of lists by name: channels[adt-in].routes)."""
+
+    path: str
+    op: Literal["add", "remove", "change"]
+    from_: Any = Field(default=None, alias="from", description="the value before (remove, change)")
+    to: Any = Field(default=None, description="the value after (add, change)")
+
+
+class ConfigStored(Public):
+    version: int = Field(description="the new version")
+    previous: int = Field(description="the version it replaced (0: the file's configuration, never stored)")
+    diff: list[ConfigChange]
+
+
+class ConfigCurrent(Public):
+    version: int = Field(description="0 while nothing is stored (the process runs on its file)")
+    config: dict[str, Any] = Field(description=ORG_DOCUMENT)
+
+
+class ConfigVersionSummary(Public):
+    version: int
+    author: str
+    created_at: datetime
+    comment: str
+    restored_from: int | None
+    diff: list[ConfigChange] = Field(description="from the version before")
+
+
+class ConfigVersions(Public):
+    items: list[ConfigVersionSummary]
+
+
+class ConfigVersionDocument(Public):
+    version: int
+    author: str
+    created_at: datetime
+    config: dict[str, Any] = Field(description=ORG_DOCUMENT)
+
+
+class StepPlan(Public):
+    index: int
+    step: str
+    applied: bool = Field(description="false when its `when` held nowhere")
+    diff: list[str] = Field(description="'-old segment' / '+new segment' lines")
+
+
+class DestinationPlanPublic(Public):
+    destination: str
+    routed: bool
+    reason: str
+    kind: str
+    filtered: str | None = Field(description="the filter step's reason when it stopped the message")
+    filtered_by: str | None
+    error: str | None
+    output: str | None = Field(description="the message after the steps (ER7)")
+    rendered: str | None = Field(description="what the destination would receive")
+    steps: list[StepPlan]
+
+
+class DryRun(Public):
+    channel: str
+    config_version: int
+    message_type: str
+    destinations: list[DestinationPlanPublic]
+
+
+# Versions are PostgreSQL integers: a larger number was a 500 (found by Schemathesis).
+Version = Annotated[int, Path(ge=1, le=2**31 - 1, description="a version number (GET /api/config/versions)")]
+# A diff entry has `from` only for remove/change and `to` only for add/change: unset members stay out.
+CHANGES: dict[str, Any] = {"response_model_exclude_unset": True}
 
 
 def _remote(request: Request) -> str | None:
@@ -118,19 +197,19 @@ async def _store(request: Request, user: CurrentUser, document: dict[str, Any], 
 
 
 @router.get("/api/config", **guarded("operator"))
-async def get_current(request: Request, user: CurrentUser) -> dict[str, Any]:
+async def get_current(request: Request, user: CurrentUser) -> ConfigCurrent:
     """The caller's org's configuration now: {"version": N, "config": {...}} (webhook secrets only for admin)."""
     version, document = await _current(request, user.org)
-    return {"version": version, "config": document if user.satisfies("admin") else _redact(document)}
+    return ConfigCurrent(version=version, config=document if user.satisfies("admin") else _redact(document))
 
 
-@router.put("/api/config", **guarded("admin"))
+@router.put("/api/config", response_model=ConfigStored, **CHANGES, **guarded("admin", 409, 422))
 async def put_config(body: ConfigPut, request: Request, user: CurrentUser) -> dict[str, Any]:
     """Replace the org's whole configuration: the new version, or 422 naming the key path."""
     return await _store(request, user, body.config, comment=body.comment, expected=body.expected_version)
 
 
-@router.get("/api/config/versions", **guarded("operator"))
+@router.get("/api/config/versions", response_model=ConfigVersions, **CHANGES, **guarded("operator"))
 async def versions(pool: PoolDep, user: CurrentUser,
                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
     """Versions newest first, with author, comment and the diff from the version before."""
@@ -143,18 +222,19 @@ async def versions(pool: PoolDep, user: CurrentUser,
     return {"items": items}
 
 
-@router.get("/api/config/versions/{version}", **guarded("operator"))
-async def get_version(version: int, pool: PoolDep, user: CurrentUser) -> dict[str, Any]:
+@router.get("/api/config/versions/{version}", **guarded("operator", 404))
+async def get_version(version: Version, pool: PoolDep, user: CurrentUser) -> ConfigVersionDocument:
     """One stored version's document."""
     row = await store.get_version(pool, user.org, version)
     if row is None:
         raise Problem(404, f"no configuration version {version}", field="version")
     document = row.document if user.satisfies("admin") else _redact(row.document)
-    return {"version": row.version, "author": row.author, "created_at": row.created_at, "config": document}
+    return ConfigVersionDocument(version=row.version, author=row.author, created_at=row.created_at, config=document)
 
 
-@router.post("/api/config/versions/{version}/restore", **guarded("admin"))
-async def restore(version: int, request: Request, user: CurrentUser,
+@router.post("/api/config/versions/{version}/restore", response_model=ConfigStored, **CHANGES,
+             **guarded("admin", 404, 409, 422))
+async def restore(version: Version, request: Request, user: CurrentUser,
                   body: Annotated[Restore | None, Body()] = None) -> dict[str, Any]:
     """Roll back: version n's document becomes a new version (history is never rewritten)."""
     row = await store.get_version(request.app.state.pool, user.org, version)
@@ -182,36 +262,40 @@ async def _put_item(request: Request, user: CurrentUser, section: str, name: str
                         action=f"config.{section}.{verb}")
 
 
-@router.put("/api/config/channels/{name}", **guarded("admin"))
+@router.put("/api/config/channels/{name}", response_model=ConfigStored, **CHANGES, **guarded("admin", 409, 422))
 async def put_channel(name: str, request: Request, user: CurrentUser,
                       channel: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
     """Add or replace one channel (with its routes and their steps) as a new version."""
     return await _put_item(request, user, "channels", name, channel)
 
 
-@router.delete("/api/config/channels/{name}", **guarded("admin"))
+@router.delete("/api/config/channels/{name}", response_model=ConfigStored, **CHANGES,
+                **guarded("admin", 404, 409, 422))
 async def delete_channel(name: str, request: Request, user: CurrentUser) -> dict[str, Any]:
     """Remove one channel as a new version (its listener port closes)."""
     return await _put_item(request, user, "channels", name, None)
 
 
-@router.put("/api/config/destinations/{name}", **guarded("admin"))
+@router.put("/api/config/destinations/{name}", response_model=ConfigStored, **CHANGES, **guarded("admin", 409, 422))
 async def put_destination(name: str, request: Request, user: CurrentUser,
                           destination: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
     """Add or replace one destination as a new version."""
     return await _put_item(request, user, "destinations", name, destination)
 
 
-@router.delete("/api/config/destinations/{name}", **guarded("admin"))
+@router.delete("/api/config/destinations/{name}", response_model=ConfigStored, **CHANGES,
+                **guarded("admin", 404, 409, 422))
 async def delete_destination(name: str, request: Request, user: CurrentUser) -> dict[str, Any]:
     """Remove one destination as a new version (refused while a route still names it)."""
     return await _put_item(request, user, "destinations", name, None)
 
 
-@router.put("/api/config/tables/{name}", dependencies=guarded("admin")["dependencies"],
-            openapi_extra={**guarded("admin")["openapi_extra"], "requestBody": {"content": {
-                "text/csv": {"schema": {"type": "string"}},
-                "application/json": {"schema": {"type": "object"}}}}})
+@router.put("/api/config/tables/{name}", response_model=ConfigStored, **CHANGES,
+            **guarded("admin", 409, 422, body={"content": {
+                "text/csv": {"schema": {"type": "string"}, "example": "from,to\nM,male\nF,female\n"},
+                "application/json": {"schema": {"type": "object", "required": ["values"], "properties": {
+                    "values": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                    "example": {"values": {"M": "male", "F": "female"}}}}}))
 async def put_table(name: str, request: Request, user: CurrentUser) -> dict[str, Any]:
     """Upload a code table: a two-column CSV (`from,to`) or JSON {"values": {...}}; a new version."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -235,16 +319,16 @@ async def put_table(name: str, request: Request, user: CurrentUser) -> dict[str,
     return await _put_item(request, user, "tables", name, {"values": values})
 
 
-@router.delete("/api/config/tables/{name}", **guarded("admin"))
+@router.delete("/api/config/tables/{name}", response_model=ConfigStored, **CHANGES,
+                **guarded("admin", 404, 409, 422))
 async def delete_table(name: str, request: Request, user: CurrentUser) -> dict[str, Any]:
     """Remove one code table as a new version (refused while a step still uses it)."""
     return await _put_item(request, user, "tables", name, None)
 
 
-@router.post("/api/channels/{channel}/dry-run", dependencies=guarded("operator")["dependencies"],
-             openapi_extra={**guarded("operator")["openapi_extra"], "requestBody": {
-                 "required": True, "content": {"text/plain": {"schema": {"type": "string"}}}}})
-async def dry_run(channel: str, request: Request, pool: PoolDep, user: CurrentUser) -> dict[str, Any]:
+@router.post("/api/channels/{channel}/dry-run", **guarded("operator", 404, 422, body={
+    "required": True, "content": {"text/plain": {"schema": {"type": "string"}}}}))
+async def dry_run(channel: str, request: Request, pool: PoolDep, user: CurrentUser) -> DryRun:
     """What the current configuration would do with a sample message: routing per destination, each step's diff,
     the rendered output, errors. Nothing is stored or sent; the call is audited (it returns message content)."""
     config: LifelineConfig = get_config(request)
@@ -260,5 +344,5 @@ async def dry_run(channel: str, request: Request, pool: PoolDep, user: CurrentUs
         message = parse(body)
     except InteropError as exc:
         raise Problem(422, f"not an HL7 v2 message: {exc}", field="body") from None
-    return {"channel": channel, "config_version": version, "message_type": message.message_type,
-            "destinations": [plan_dict(p) for p in plan(config, ch, message)]}
+    return DryRun.model_validate({"channel": channel, "config_version": version, "message_type": message.message_type,
+                                  "destinations": [plan_dict(p) for p in plan(config, ch, message)]})

@@ -26,7 +26,7 @@ from fastapi.routing import APIRoute
 
 from api.auth import AuthError, Principal, verify_token
 from api.deps import SESSION_COOKIE, ConfigDep, CurrentUser, PoolDep, SettingsDep, guarded, same_origin
-from api.problems import Problem
+from api.problems import Problem, merge_responses, problem_responses
 from api.redact import redact
 from infra.config import LifelineConfig
 from infra.settings import Settings
@@ -87,12 +87,20 @@ class _LoginOnDenied(APIRoute):
         return route
 
 
+def _login_form_too(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Problem JSON, or (Accept: text/html) the login form."""
+    return {s: {"content": {"text/html": {"schema": {"type": "string"}}}} for s in statuses}
+
+
+HTML: dict[int | str, dict[str, Any]] = {200: {"content": {"text/html": {"schema": {"type": "string"}}}}}
+STATIC: dict[int | str, dict[str, Any]] = {200: {"description": "the file", "content": {
+    t.split(";")[0]: {"schema": {"type": "string"}} for t in STATIC_TYPES.values()}}}
 pages = APIRouter(tags=["dashboard"], route_class=_LoginOnDenied)
 events = APIRouter(tags=["dashboard"])
 router = APIRouter()
 
 
-@pages.get("/dashboard", response_class=HTMLResponse, **guarded("viewer"))
+@pages.get("/dashboard", response_class=HTMLResponse, **guarded("viewer", responses=_login_form_too(401, 403)))
 async def dashboard(settings: SettingsDep, user: CurrentUser) -> HTMLResponse:
     """The live operator dashboard (HTML); browsers without a session get the login form."""
     config = {
@@ -107,7 +115,8 @@ async def dashboard(settings: SettingsDep, user: CurrentUser) -> HTMLResponse:
     return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-store"})
 
 
-@pages.get("/dashboard/static/{name}", **guarded("viewer"))
+@pages.get("/dashboard/static/{name}", response_class=Response,
+           **guarded("viewer", 404, responses={**STATIC, **_login_form_too(401, 403)}))
 async def dashboard_static(name: str) -> Response:
     """The dashboard's script and style sheet."""
     suffix = name[name.rfind("."):] if "." in name else ""
@@ -145,7 +154,10 @@ async def _session_token(request: Request, settings: SettingsDep) -> tuple[Princ
 
 
 @pages.post("/dashboard/session", status_code=303, response_class=RedirectResponse,
-            openapi_extra={"x-required-role": "viewer", "requestBody": {"required": True, "content": {
+            responses=merge_responses({303: {"description": "the session cookie is set; go to /dashboard", "headers": {
+                "Location": {"schema": {"type": "string"}}, "Set-Cookie": {"schema": {"type": "string"}}}}},
+                problem_responses(401, 403), _login_form_too(401, 403)),
+            openapi_extra={"x-required-role": "viewer", "security": [], "requestBody": {"required": True, "content": {
                 "application/x-www-form-urlencoded": {"schema": {
                     "type": "object", "properties": {"token": {"type": "string"}}, "required": ["token"]}}}}})
 async def open_session(settings: SettingsDep,
@@ -158,17 +170,33 @@ async def open_session(settings: SettingsDep,
     return response
 
 
-@pages.delete("/dashboard/session", status_code=204, **guarded("viewer"))
-async def close_session(request: Request, pool: PoolDep, user: CurrentUser) -> Response:
+@pages.delete("/dashboard/session", status_code=204, response_class=Response,
+              **guarded("viewer", responses={204: {"description": "logged out: the token is revoked, the cookie"
+                                                                  " dropped"}, **_login_form_too(401, 403)}))
+async def close_session(request: Request, pool: PoolDep, settings: SettingsDep, user: CurrentUser) -> Response:
     """Log out: revoke the session's token and drop the cookie."""
-    if user.jti is not None and request.cookies.get(SESSION_COOKIE):
+    session = _cookie_principal(request, settings)
+    # The token in the cookie, not the caller's: a bearer caller with a stale or foreign cookie revoked its own
+    # bearer token here (found by Schemathesis: its admin token died mid-run).
+    if session is not None and session.jti is not None and session.org == user.org:
         from infra.store.tokens import revoke
 
-        await revoke(pool, jti=user.jti, org_id=user.org, revoked_by=user.subject,
-                     expires_at=user.expires_at or 0, reason="logout")
+        await revoke(pool, jti=session.jti, org_id=session.org, revoked_by=user.subject,
+                     expires_at=session.expires_at or 0, reason="logout")
     response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
+
+
+def _cookie_principal(request: Request, settings: Settings) -> Principal | None:
+    """Who the session cookie names, when it holds a valid token."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    try:
+        return verify_token(settings.jwt_secret.get_secret_value(), cookie, settings.jwt_issuer)
+    except AuthError:
+        return None
 
 
 # -- live snapshot -----------------------------------------------------------------------------------------------
@@ -287,9 +315,9 @@ async def cached_snapshot(request: Request, org: str) -> dict[str, Any]:
         return snap
 
 
-@events.get("/api/events", response_class=StreamingResponse, **guarded("viewer"),
-            responses={200: {"content": {"text/event-stream": {}},
-                             "description": "`event: snapshot` every 2 s; `event: problem` when the store fails"}})
+@events.get("/api/events", response_class=StreamingResponse, **guarded("viewer", responses={
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+          "description": "`event: snapshot` (a JSON snapshot) every 2 s; `event: problem` when the store fails"}}))
 async def event_stream(request: Request, user: CurrentUser, pool: PoolDep, config: ConfigDep) -> StreamingResponse:
     """Server-sent events: a JSON snapshot of flow, backlog, blocked lanes, dead letters and open cases every 2 s."""
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Query
+from pydantic import Field
 
 from api.deps import ConfigDep, CurrentUser, PoolDep, guarded
+from api.models import FileFlow, FlowChannel, FlowRoute, Public
 from api.problems import Problem
 from infra.config import parse_duration
 from infra.store import db_now
@@ -31,9 +32,21 @@ def duration_param(value: str, field: str) -> timedelta:
     return d
 
 
-@router.get("", **guarded("viewer"))
-async def get_flow(pool: PoolDep, user: CurrentUser, config: ConfigDep, window: str = "5m", bucket: str = "1m",
-                   channel: str | None = None, destination: str | None = None) -> dict[str, Any]:
+class FlowPublic(Public):
+    from_: datetime = Field(alias="from", description="the window's start")
+    to: datetime
+    window_s: float
+    bucket_s: float
+    channels: list[FlowChannel]
+    flows: list[FlowRoute]
+    files: FileFlow = Field(description="file and SFTP sources and destinations (configured ones too)")
+
+
+@router.get("", **guarded("viewer", 422))
+async def get_flow(pool: PoolDep, user: CurrentUser, config: ConfigDep,
+                   window: Annotated[str, Query(description="a duration: 30s, 5m, 1h, 1d (at most 31d)")] = "5m",
+                   bucket: Annotated[str, Query(description="a duration, at most the window")] = "1m",
+                   channel: str | None = None, destination: str | None = None) -> FlowPublic:
     """Per channel and (channel, destination): rates, success/failure, latency per stage, peak, backlog trend."""
     w = duration_param(window, "window")
     b = duration_param(bucket, "bucket")
@@ -45,10 +58,10 @@ async def get_flow(pool: PoolDep, user: CurrentUser, config: ConfigDep, window: 
         raise Problem(422, f"window / bucket gives more than {MAX_BUCKETS} buckets", field="bucket")
     out = await flow(pool, user.org, window=w, bucket=b, channel=channel or None, destination=destination or None)
     out["files"] = await file_flow(pool, user.org, config, channel or None)  # file/SFTP sources, destinations
-    return out
+    return FlowPublic.model_validate(out)
 
 
-class FlowSeries(BaseModel):
+class FlowSeries(Public):
     """One (channel, destination): per bucket, deliveries finished, accept-to-delivered p50/p95 and backlog."""
 
     channel: str
@@ -59,7 +72,7 @@ class FlowSeries(BaseModel):
     backlog: list[int]
 
 
-class FlowSeriesPublic(BaseModel):
+class FlowSeriesPublic(Public):
     start: datetime
     end: datetime
     bucket_s: float
@@ -67,7 +80,7 @@ class FlowSeriesPublic(BaseModel):
     series: list[FlowSeries]
 
 
-@router.get("/series", response_model=FlowSeriesPublic, **guarded("viewer"))
+@router.get("/series", response_model=FlowSeriesPublic, **guarded("viewer", 422))
 async def get_flow_series(pool: PoolDep, user: CurrentUser, window: str = "1h", bucket: str = "1m") -> FlowSeriesPublic:
     """Time series for the dashboard charts: throughput, latency p50/p95 and backlog per channel and destination."""
     w = duration_param(window, "window")

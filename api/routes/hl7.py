@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
+from pydantic import Field
 
 from api.deps import guarded
+from api.models import Public
 from api.problems import Problem
 from interop.ack import REJECT_CONDITIONS, build_ack
 from interop.errors import (
@@ -60,6 +62,118 @@ _TEXT_BODY = {
     },
 }
 _JSON_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+# -- response models ---------------------------------------------------------------------------------
+class FieldPublic(Public):
+    field: int = Field(description="the field number (MSH-1 is the field separator)")
+    value: str = Field(description="the field unescaped, as one string")
+    repetitions: list[list[str | list[str]]] = Field(
+        description="per repetition, its components (a component with subcomponents is a list)")
+
+
+class SegmentPublic(Public):
+    id: str = Field(examples=["PID"])
+    occurrence: int = Field(description="1 for the first segment with this id")
+    fields: list[FieldPublic] = Field(description="the non-empty fields")
+
+
+class SeparatorsPublic(Public):
+    field: str
+    component: str
+    repetition: str
+    escape: str
+    subcomponent: str
+    truncation: str
+
+
+class Header(Public):
+    type: str = Field(examples=["ADT^A01"])
+    message_code: str
+    trigger_event: str
+    structure: str
+    control_id: str
+    version: str
+    processing_id: str
+    timestamp: str
+    sending_application: str
+    sending_facility: str
+    receiving_application: str
+    receiving_facility: str
+    separators: SeparatorsPublic
+
+
+class ParsedMessageBody(Public):
+    header: Header
+    segments: list[SegmentPublic]
+    ignored_lines: list[int] = Field(description="line numbers that were not segments (blank, garbage)")
+    values: dict[str, str] | None = Field(default=None, description="?path=...: each path's value ('' when absent)")
+
+
+class ParsedMessage(ParsedMessageBody):
+    batch: Literal[False]
+
+
+class ParsedBatch(Public):
+    batch: Literal[True]
+    envelope: list[SegmentPublic] = Field(description="FHS / BHS / BTS / FTS")
+    declared_count: int | None = Field(description="the count BTS/FTS declare")
+    messages: list[ParsedMessageBody]
+
+
+class FindingPublic(Public):
+    segment: str
+    occurrence: int
+    field: int | None
+    repetition: int | None
+    component: int | None
+    code: str = Field(description="HL7 table 0357 error code")
+    code_text: str
+    severity: str = Field(description="error | warning | info")
+    location: str = Field(examples=["PID-3"])
+    text: str
+
+
+class ShortHeader(Public):
+    type: str
+    control_id: str
+
+
+class ValidationReport(Public):
+    ok: bool
+    level: Literal["tolerant", "strict"]
+    parsed: bool = Field(description="false: not parseable at all (the findings say why)")
+    header: ShortHeader | None
+    findings: list[FindingPublic]
+    ack: str = Field(description="the ACK (AA/AE/AR with ERR segments) the engine would answer")
+
+
+class ValidatedMessage(ValidationReport):
+    batch: Literal[False]
+
+
+class ValidatedBatch(Public):
+    batch: Literal[True]
+    ok: bool
+    level: Literal["tolerant", "strict"]
+    messages: list[ValidationReport]
+
+
+class Generated(Public):
+    message: str = Field(description="ER7, segments separated by CR")
+    type: str
+    control_id: str
+
+
+class MappingIssue(Public):
+    location: str
+    reason: str
+    severity: str
+
+
+class Transformed(Public):
+    bundle: dict[str, Any] = Field(description="a FHIR R4 transaction Bundle (conditional, idempotent entries)")
+    issues: list[MappingIssue]
 
 
 # -- request bodies ----------------------------------------------------------------------------------
@@ -205,7 +319,9 @@ def _envelope(batch: Batch) -> list[dict[str, Any]]:
 
 
 # -- routes ------------------------------------------------------------------------------------------
-@router.post("/parse", **guarded("viewer"))
+# `values` only when paths were asked for.
+@router.post("/parse", response_model=ParsedMessage | ParsedBatch, response_model_exclude_unset=True,
+             **guarded("viewer", 413, 422))
 async def parse_message(request: Request,
                         path: Annotated[list[str] | None, Query(description="PID-3[1].1, OBX[2]-5 (repeatable)")]
                         = None) -> dict[str, Any]:
@@ -238,7 +354,7 @@ def _report(text: str | Message, level: str) -> dict[str, Any]:
             "findings": [finding_json(f) for f in report.findings], "ack": ack}
 
 
-@router.post("/validate", **guarded("viewer"))
+@router.post("/validate", response_model=ValidatedMessage | ValidatedBatch, **guarded("viewer", 413, 422))
 async def validate_message(request: Request,
                            level: Annotated[str, Query(description="tolerant | strict")] = "tolerant"
                            ) -> dict[str, Any]:
@@ -258,7 +374,7 @@ def _validate_view(text: str, level: str, limits: Limits) -> dict[str, Any]:
     return {"batch": False, **_report(text, level)}
 
 
-@router.post("/generate", **guarded("viewer"))
+@router.post("/generate", response_model=Generated, **guarded("viewer", 413, 422))
 async def generate_message(request: Request) -> dict[str, Any]:
     """Generate ADT^A01/A03/A04/A08, ORU^R01 or ORM^O01 ER7 from a JSON description (interop.generate)."""
     data = await _json_body(request)
@@ -275,7 +391,7 @@ def _generate_view(data: Any) -> dict[str, Any]:
     return {"message": er7, "type": msg.message_type, "control_id": msg.control_id}
 
 
-@router.post("/transform", **guarded("viewer"))
+@router.post("/transform", response_model=Transformed, **guarded("viewer", 413, 422))
 async def transform(request: Request) -> dict[str, Any]:
     """Map one v2 message to an idempotent FHIR R4 transaction Bundle, with the issues met on the way."""
     text = await _message_text(request)
@@ -307,7 +423,7 @@ def _mapping_field(reason: str, default: str) -> str:
     return m.group(1) if m else default
 
 
-@router.post("/from-fhir", **guarded("viewer"))
+@router.post("/from-fhir", response_model=Generated, **guarded("viewer", 413, 422))
 async def from_fhir(request: Request,
                     trigger: Annotated[str, Query(
                         description="A28 (add person) | A31 (update person) | A08 (update patient)")] = "A28"

@@ -120,7 +120,13 @@ def _collector(request: Request, config: LifelineConfig) -> StoreCollector:
     return collector
 
 
-@router.get("/metrics", response_class=Response, **guarded("viewer"))
+EXPOSITION: dict[int | str, dict[str, Any]] = {200: {"description": "Prometheus text exposition format 0.0.4",
+                    "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}, "example":
+                                "# TYPE lifeline_deliveries_delivered_total counter\n"
+                                "lifeline_deliveries_delivered_total{destination=\"lab\"} 3.0\n"}}}}
+
+
+@router.get("/metrics", response_class=Response, **guarded("viewer", responses=EXPOSITION))
 async def metrics(request: Request, pool: PoolDep, config: ConfigDep, user: CurrentUser) -> Response:
     """Prometheus text exposition of the caller's org, read from the store (cached 5 s)."""
     collector = _collector(request, config)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -18,9 +17,10 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.engines import build_adapter
-from activities.engines.base import EngineAdapter, EngineError
+from activities.engines.base import EngineAdapter, EngineChannel, EngineError
 from api.auth import Principal, approval_token
-from api.deps import ConfigDep, CurrentUser, PoolDep, SettingsDep, TemporalDep, guarded
+from api.deps import ConfigDep, CurrentUser, Offset, PoolDep, SettingsDep, TemporalDep, guarded
+from api.models import Public
 from api.problems import Problem
 from infra.config import Engine, LifelineConfig
 from infra.store import cases
@@ -28,6 +28,7 @@ from infra.store.audit import append as audit
 from workflows.contract import (
     CASE_KINDS,
     QUERY_STATE,
+    QUERY_TIMEOUT_S,
     SA_CASE_KIND,
     SA_STATUS,
     SIGNAL_APPROVE,
@@ -36,6 +37,7 @@ from workflows.contract import (
     ApprovalInput,
     CaseInput,
     CaseState,
+    Diagnosis,
     Evidence,
     RestartInput,
     case_workflow_id,
@@ -44,6 +46,8 @@ from workflows.contract import (
 )
 
 router = APIRouter(tags=["remediations"])
+# Without a worker a query waits: the request hung (found by Schemathesis).
+QUERY_TIMEOUT = timedelta(seconds=QUERY_TIMEOUT_S)
 STAGES = ("detected", "diagnosing", "awaiting_approval", "remediating", "verifying", "resolved", "escalated",
           "rejected")
 _SUBJECT = r"^[A-Za-z0-9_.:-]{1,200}$"
@@ -67,6 +71,77 @@ class RestartRequest(BaseModel):
     reason: str = Field(default="", max_length=500)
 
 
+class CaseRecord(Public):
+    """A case run as the store recorded it (kept after the workflow closes)."""
+
+    case_id: str
+    run_id: str
+    kind: str
+    subject: str
+    stage: str = Field(description=" | ".join(STAGES))
+    mode: str
+    signature: str = Field(description="the diagnosed error signature (refused, timeout, ack_reject:207, ...)")
+    opened_at: datetime
+    first_evidence_at: datetime | None
+    onset_at: datetime | None
+    resolved_at: datetime | None
+    mttd_ms: int | None = Field(description="time to detect: onset to first evidence")
+    mttr_ms: int | None = Field(description="time to resolve")
+    action: str | None = Field(description="the pending or last action")
+    approver: str | None
+    evidence_count: int
+    diagnosis: Diagnosis | None
+    attempts: list[dict[str, str]] = Field(description="remediations tried, with their outcome")
+    updated_at: datetime
+
+
+class CaseList(Public):
+    items: list[CaseRecord]
+    limit: int
+    offset: int
+
+
+class CaseView(Public):
+    case_id: str
+    live: bool = Field(description="the workflow runs and answered its state query")
+    state: CaseState | None = Field(description="the live workflow state (null when it does not run)")
+    record: CaseRecord | None
+
+
+class CaseOpened(Public):
+    case_id: str = Field(examples=["case:default:destination_down:destination:lab"])
+    run_id: str | None
+
+
+class DecisionTaken(Public):
+    case_id: str
+    decision: Literal["approve", "reject"]
+    action: str
+    approver: str
+
+
+class EnginePublic(Public):
+    name: str
+    kind: str
+    url: str | None
+    channels: list[str] = Field(description="the channels watched (empty: all)")
+
+
+class EngineList(Public):
+    items: list[EnginePublic]
+
+
+class EngineChannels(Public):
+    engine: str
+    capabilities: list[str] = Field(description="what the adapter can do: start, stop, pause, clear_queue, ...")
+    items: list[EngineChannel]
+
+
+class RestartStarted(Public):
+    workflow_id: str = Field(description="restart:<org>:<engine>:<channel>")
+    run_id: str | None
+
+
 def _remote(request: Request) -> str | None:
     return request.client.host if request.client else None
 
@@ -75,39 +150,46 @@ async def _row(pool: Any, org: str, case_id: str) -> dict[str, Any] | None:
     return await cases.latest_case(pool, org, case_id)
 
 
-async def _query(client: Client, case_id: str) -> CaseState | None:
+async def _query(client: Client, case_id: str, *, answer_required: bool = False) -> CaseState | None:
+    """The running case's state; None when it does not run. A query waits for a worker to answer it: without one
+    (workers down) it is given up after QUERY_TIMEOUT, a 503 when the caller needs the answer."""
     try:
-        state: CaseState | None = await client.get_workflow_handle(case_id).query(QUERY_STATE,
-                                                                                  result_type=CaseState)
-    except (RPCError, WorkflowQueryFailedError):
+        state: CaseState | None = await client.get_workflow_handle(case_id).query(
+            QUERY_STATE, result_type=CaseState, rpc_timeout=QUERY_TIMEOUT)
+    except RPCError as exc:
+        if answer_required and exc.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+            raise Problem(503, f"case {case_id!r} did not answer: is a Lifeline worker running?",
+                          field="case_id") from None
+        return None
+    except WorkflowQueryFailedError:
         return None
     return state
 
 
-@router.get("/api/remediations", **guarded("viewer"))
+@router.get("/api/remediations", **guarded("viewer", 422))
 async def list_cases(pool: PoolDep, user: CurrentUser, kind: str | None = None, stage: str | None = None,
                      limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                     offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+                     offset: Offset = 0) -> CaseList:
     """Remediation cases of the caller's org, newest first."""
     if kind is not None and kind not in CASE_KINDS:
         raise Problem(422, f"unknown case kind {kind!r}; kinds are {', '.join(CASE_KINDS)}", field="kind")
     if stage is not None and stage not in STAGES:
         raise Problem(422, f"unknown stage {stage!r}; stages are {', '.join(STAGES)}", field="stage")
     items = await cases.list_cases(pool, user.org, kind=kind, stage=stage, limit=limit, offset=offset)
-    return {"items": items, "limit": limit, "offset": offset}
+    return CaseList.model_validate({"items": items, "limit": limit, "offset": offset})
 
 
-@router.get("/api/remediations/{case_id:path}", **guarded("viewer"))
-async def get_case(case_id: str, pool: PoolDep, client: TemporalDep, user: CurrentUser) -> dict[str, Any]:
+@router.get("/api/remediations/{case_id:path}", **guarded("viewer", 404, 422))
+async def get_case(case_id: str, pool: PoolDep, client: TemporalDep, user: CurrentUser) -> CaseView:
     """A case: the live workflow state when it runs, else the recorded row."""
     _check_case_id(case_id)
     row = await _row(pool, user.org, case_id)
     state = await _query(client, case_id)
     if state is not None and (state.org_id or "default") == user.org:
-        return {"case_id": case_id, "live": True, "state": dataclasses.asdict(state), "record": row}
+        return CaseView.model_validate({"case_id": case_id, "live": True, "state": state, "record": row})
     if row is None:
         raise Problem(404, f"no case {case_id!r}", field="case_id")
-    return {"case_id": case_id, "live": False, "state": None, "record": row}
+    return CaseView.model_validate({"case_id": case_id, "live": False, "state": None, "record": row})
 
 
 def _check_case_id(case_id: str) -> None:
@@ -115,9 +197,9 @@ def _check_case_id(case_id: str) -> None:
         raise Problem(422, "not a case id (case:<kind>:<subject>)", field="case_id")
 
 
-@router.post("/api/remediations", status_code=201, **guarded("operator"))
+@router.post("/api/remediations", status_code=201, **guarded("operator", 404))
 async def open_case(body: CaseCreate, request: Request, pool: PoolDep, client: TemporalDep, settings: SettingsDep,
-                    config: ConfigDep, user: CurrentUser) -> dict[str, Any]:
+                    config: ConfigDep, user: CurrentUser) -> CaseOpened:
     """Open a case by hand (or add evidence to the open case for the same kind and subject)."""
     kind: str = body.kind
     if not config.owns(user.org, body.subject):
@@ -140,13 +222,13 @@ async def open_case(body: CaseCreate, request: Request, pool: PoolDep, client: T
     await audit(pool, org_id=user.org, actor=user.subject, role=",".join(user.roles), action="remediations.open",
                 subject=case_id, detail={"kind": kind, "subject": body.subject, "reason": body.reason,
                                          "run_id": handle.result_run_id}, remote_addr=_remote(request))
-    return {"case_id": case_id, "run_id": handle.result_run_id}
+    return CaseOpened(case_id=case_id, run_id=handle.result_run_id)
 
 
 async def _decide(case_id: str, body: Decision, request: Request, pool: Any, client: Client, user: Principal,
-                  approve: bool) -> dict[str, Any]:
+                  approve: bool) -> DecisionTaken:
     _check_case_id(case_id)
-    state = await _query(client, case_id)
+    state = await _query(client, case_id, answer_required=True)
     if state is None or (state.org_id or "default") != user.org:
         raise Problem(404, f"no running case {case_id!r}", field="case_id")
     if state.stage != "awaiting_approval" or state.pending_action is None:
@@ -165,19 +247,19 @@ async def _decide(case_id: str, body: Decision, request: Request, pool: Any, cli
     await audit(pool, org_id=user.org, actor=user.subject, role=",".join(user.roles),
                 action=f"remediations.{signal}", subject=case_id, detail={"action": action, "note": body.note},
                 remote_addr=_remote(request))
-    return {"case_id": case_id, "decision": signal, "action": action, "approver": user.subject}
+    return DecisionTaken(case_id=case_id, decision=signal, action=action, approver=user.subject)  # type: ignore[arg-type]
 
 
-@router.post("/api/remediations/{case_id:path}/approve", **guarded("oncall"))
+@router.post("/api/remediations/{case_id:path}/approve", **guarded("oncall", 404, 409, 422))
 async def approve(case_id: str, body: Decision, request: Request, pool: PoolDep, client: TemporalDep,
-                  user: CurrentUser) -> dict[str, Any]:
+                  user: CurrentUser) -> DecisionTaken:
     """Approve the action the case waits on; the approver is the caller."""
     return await _decide(case_id, body, request, pool, client, user, True)
 
 
-@router.post("/api/remediations/{case_id:path}/reject", **guarded("oncall"))
+@router.post("/api/remediations/{case_id:path}/reject", **guarded("oncall", 404, 409, 422))
 async def reject(case_id: str, body: Decision, request: Request, pool: PoolDep, client: TemporalDep,
-                 user: CurrentUser) -> dict[str, Any]:
+                 user: CurrentUser) -> DecisionTaken:
     """Reject the action the case waits on; the case moves to its next action."""
     return await _decide(case_id, body, request, pool, client, user, False)
 
@@ -203,14 +285,14 @@ def _build_adapter(request: Request, engine: Engine) -> EngineAdapter:
 
 
 @router.get("/api/engines", **guarded("viewer"))
-async def engines(config: ConfigDep, user: CurrentUser) -> dict[str, Any]:
+async def engines(config: ConfigDep, user: CurrentUser) -> EngineList:
     """Interface engines Lifeline watches (credentials never leave the environment)."""
-    return {"items": [{"name": e.name, "kind": e.kind, "url": e.url, "channels": e.channels}
-                      for e in config.engines if e.org == user.org]}
+    return EngineList(items=[EnginePublic(name=e.name, kind=e.kind, url=e.url, channels=e.channels)
+                             for e in config.engines if e.org == user.org])
 
 
-@router.get("/api/engines/{engine}/channels", **guarded("viewer"))
-async def engine_channels(engine: str, request: Request, config: ConfigDep, user: CurrentUser) -> dict[str, Any]:
+@router.get("/api/engines/{engine}/channels", **guarded("viewer", 404, 502))
+async def engine_channels(engine: str, request: Request, config: ConfigDep, user: CurrentUser) -> EngineChannels:
     """The engine's channels with their state and statistics, as its adapter reads them."""
     adapter = _build_adapter(request, _engine(config, user, engine))
     try:
@@ -219,14 +301,14 @@ async def engine_channels(engine: str, request: Request, config: ConfigDep, user
         raise Problem(502, f"engine {engine!r} did not answer: {exc}", field="engine") from None
     finally:
         await adapter.close()
-    return {"engine": engine, "capabilities": sorted(adapter.capabilities),
-            "items": [dataclasses.asdict(c) for c in channels]}
+    return EngineChannels(engine=engine, capabilities=sorted(adapter.capabilities), items=channels)
 
 
-@router.post("/api/engines/{engine}/channels/{channel:path}/restart", status_code=202, **guarded("operator"))
+@router.post("/api/engines/{engine}/channels/{channel:path}/restart", status_code=202,
+             **guarded("operator", 404, 409, 422))
 async def restart_channel(engine: str, channel: str, body: RestartRequest, request: Request, pool: PoolDep,
                           client: TemporalDep, settings: SettingsDep, config: ConfigDep,
-                          user: CurrentUser) -> dict[str, Any]:
+                          user: CurrentUser) -> RestartStarted:
     """Restart one engine channel (EngineRestartWorkflow); 409 while a restart of it runs."""
     _engine(config, user, engine)
     if not channel or len(channel) > 200:
@@ -245,4 +327,4 @@ async def restart_channel(engine: str, channel: str, body: RestartRequest, reque
     await audit(pool, org_id=user.org, actor=user.subject, role=",".join(user.roles), action="engines.restart",
                 subject=wid, detail={"clear_queue": body.clear_queue, "reason": body.reason},
                 remote_addr=_remote(request))
-    return {"workflow_id": wid, "run_id": handle.result_run_id}
+    return RestartStarted(workflow_id=wid, run_id=handle.result_run_id)

@@ -6,9 +6,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
+from pydantic import Field
 
 from activities.sla import sla_report, sla_status
 from api.deps import ConfigDep, CurrentUser, PoolDep, guarded
+from api.models import Public
 from api.problems import Problem
 from api.render import sla_pdf, to_csv
 from infra.store.flow import db_now, delivery_report
@@ -50,14 +52,123 @@ From = Annotated[str | None, Query(alias="from", description="ISO 8601 date or d
 To = Annotated[str | None, Query(description="ISO 8601 date or date-time (default: now)")]
 
 
+Objective = Literal["p95_latency", "max_backlog_age", "min_success_rate", "uptime"]
+
+
+class OpenViolation(Public):
+    id: int
+    started_at: datetime
+    worst_value: float = Field(description="the highest latency/age or lowest rate seen while open")
+    case_id: str | None = Field(description="the remediation case it feeds")
+    escalated_at: datetime | None
+
+
+class ObjectiveStatus(Public):
+    objective: Objective
+    target: float
+    unit: str
+    value: float | None = Field(description="now, over the SLA's window; null when there was nothing to measure")
+    ok: bool
+    violation: OpenViolation | None
+
+
+class SlaStatus(Public):
+    name: str
+    subject: str = Field(description="destination:<name> | channel:<name> | org")
+    channel: str | None
+    destination: str | None
+    window_s: float
+    in_maintenance: bool
+    ok: bool
+    contacts: list[str]
+    objectives: list[ObjectiveStatus]
+
+
+class SlaNow(Public):
+    items: list[SlaStatus]
+    ok: bool = Field(description="every objective of every SLA is met")
+
+
+class ObjectiveCompliance(Public):
+    objective: str
+    target: float | None
+    violations: int
+    violated_s: float
+    compliance: float = Field(ge=0, le=1, description="share of the period without a violation")
+
+
+class SlaCompliance(Public):
+    name: str
+    subject: str
+    objectives: list[ObjectiveCompliance]
+
+
+class Violation(Public):
+    id: int
+    sla: str
+    objective: str
+    subject: str
+    target: float
+    started_at: datetime
+    ended_at: datetime | None
+    duration_s: float
+    worst_value: float
+    case_id: str | None
+    escalated_at: datetime | None
+
+
+class SlaReport(Public):
+    from_: datetime = Field(alias="from")
+    to: datetime
+    period_s: float
+    slas: list[SlaCompliance]
+    violations: list[Violation]
+
+
+class ChannelIntake(Public):
+    channel: str
+    received: int
+    accepted: int
+    rejected: int
+
+
+class FlowOutcome(Public):
+    channel: str
+    destination: str
+    messages: int
+    delivered: int
+    dead_lettered: int
+    pending: int
+    skipped: int
+    attempts: int
+    success_rate: float | None
+    avg_latency_ms: float | None
+    p95_latency_ms: float | None
+
+
+class DeliveryReport(Public):
+    from_: datetime = Field(alias="from")
+    to: datetime
+    channels: list[ChannelIntake]
+    flows: list[FlowOutcome]
+
+
+CSV = {"text/csv": {"schema": {"type": "string"}}}
+PDF = {"application/pdf": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def _or_file(content: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": "JSON, or the file ?format= asks for", "content": content}}
+
+
 @router.get("/api/sla", **guarded("viewer"))
-async def sla(pool: PoolDep, config: ConfigDep, user: CurrentUser) -> dict[str, Any]:
+async def sla(pool: PoolDep, config: ConfigDep, user: CurrentUser) -> SlaNow:
     """Real-time compliance: each SLA objective's current value, ok/violated, maintenance, open violation."""
     items = await sla_status(pool, config, user.org)
-    return {"items": items, "ok": all(i["ok"] for i in items)}
+    return SlaNow.model_validate({"items": items, "ok": all(i["ok"] for i in items)})
 
 
-@router.get("/api/reports/sla", **guarded("viewer"))
+@router.get("/api/reports/sla", response_model=SlaReport, **guarded("viewer", 422, responses=_or_file({**CSV, **PDF})))
 async def report_sla(pool: PoolDep, config: ConfigDep, user: CurrentUser, from_: From = None, to: To = None,
                      format: Literal["json", "csv", "pdf"] = "json") -> Any:  # noqa: A002
     """Violations and per-objective compliance over [from, to)."""
@@ -76,7 +187,7 @@ async def report_sla(pool: PoolDep, config: ConfigDep, user: CurrentUser, from_:
     return report
 
 
-@router.get("/api/reports/deliveries", **guarded("viewer"))
+@router.get("/api/reports/deliveries", response_model=DeliveryReport, **guarded("viewer", 422, responses=_or_file(CSV)))
 async def report_deliveries(pool: PoolDep, user: CurrentUser, from_: From = None, to: To = None,
                             format: Literal["json", "csv"] = "json") -> Any:  # noqa: A002
     """Delivery summary per channel and destination for messages received in [from, to)."""

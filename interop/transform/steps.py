@@ -213,12 +213,17 @@ def parse_csv_table(text: str) -> dict[str, str]:
     import io
 
     out: dict[str, str] = {}
-    for i, row in enumerate(csv.reader(io.StringIO(text))):
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) < 2:
-            raise ValueError(f"line {i + 1}: expected two columns, from and to")
-        if i == 0 and [c.strip().lower() for c in row[:2]] == ["from", "to"]:
-            continue
-        out[row[0].strip()] = row[1].strip()
+    # newline="": the csv module reads CR, LF and CRLF line ends itself (a bare CR was a csv.Error, an API 500).
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for i, row in enumerate(reader):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) < 2:
+                raise ValueError(f"line {i + 1}: expected two columns, from and to")
+            if i == 0 and [c.strip().lower() for c in row[:2]] == ["from", "to"]:
+                continue
+            out[row[0].strip()] = row[1].strip()
+    except csv.Error as exc:
+        raise ValueError(f"line {reader.line_num}: {exc}") from None
     return out

@@ -94,3 +94,20 @@ async def test_logout_revokes_the_session_token(client: httpx.AsyncClient) -> No
     # The token itself, wherever it was copied, no longer works.
     r = await client.get("/api/messages", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 401 and r.json()["detail"] == "token revoked"
+
+
+async def test_logout_revokes_the_cookies_token_not_the_bearer_callers(client: httpx.AsyncClient) -> None:
+    """A bearer caller carrying a session cookie logs out the session, and its own token keeps working (the bearer
+    token was revoked instead; Schemathesis found it when its admin token died mid-run)."""
+    bearer, session = viewer(), viewer()
+    auth = {"Authorization": f"Bearer {bearer}"}
+    client.cookies.set(SESSION_COOKIE, session)
+    assert (await client.delete("/dashboard/session", headers=auth)).status_code == 204
+    client.cookies.clear()
+    assert (await client.get("/api/messages", headers=auth)).status_code == 200
+    r = await client.get("/api/messages", headers={"Authorization": f"Bearer {session}"})
+    assert r.status_code == 401 and r.json()["detail"] == "token revoked"
+    client.cookies.set(SESSION_COOKIE, "not-a-token")
+    assert (await client.delete("/dashboard/session", headers=auth)).status_code == 204
+    client.cookies.clear()
+    assert (await client.get("/api/messages", headers=auth)).status_code == 200

@@ -233,6 +233,10 @@ def test_csv_code_tables() -> None:
     assert parse_csv_table("A,1\nB,2") == {"A": "1", "B": "2"}
     with pytest.raises(ValueError, match="line 2"):
         parse_csv_table("A,1\nB\n")
+    # A bare CR ends a line (it was a csv.Error, a 500 from PUT /api/config/tables/{name}; found by Schemathesis).
+    assert parse_csv_table("A,1\rB,2\r") == {"A": "1", "B": "2"}
+    with pytest.raises(ValueError, match="line 1"):
+        parse_csv_table("x\ry,z")
 
 
 def test_fixture_with_z_segments() -> None:
