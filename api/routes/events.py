@@ -5,19 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Path, Query
+from pydantic import Field
 
 from activities.subscriptions import EventLinks
 from api.deps import CurrentUser, PoolDep, SettingsDep, guarded
+from api.models import Public
 from api.problems import Problem
 from infra.settings import Settings
 from infra.store import events as store
 
 router = APIRouter(prefix="/api/events", tags=["events"])
+BIGINT = 2**63 - 1  # ids are bigints: a larger number must be a 422, not PostgreSQL's 500
 
 
-class Event(BaseModel):
+class Event(Public):
     id: int
     type: str
     occurred_at: datetime
@@ -29,7 +31,7 @@ class Event(BaseModel):
     links: dict[str, str]
 
 
-class EventPage(BaseModel):
+class EventPage(Public):
     items: list[Event]
     next_cursor: int | None = Field(default=None, description="pass as `cursor` for the next (older) page")
     retention_days: float
@@ -44,7 +46,8 @@ async def event_log(pool: PoolDep, user: CurrentUser, settings: SettingsDep,
                     type: Annotated[list[str] | None, Query(description="exact, or a prefix such as case.*")] = None,  # noqa: A002
                     since: datetime | None = None, until: datetime | None = None,
                     subject: str | None = None, channel: str | None = None, destination: str | None = None,
-                    cursor: Annotated[int | None, Query(ge=1, description="next_cursor of the previous page")] = None,
+                    cursor: Annotated[int | None, Query(ge=1, le=BIGINT, description="next_cursor of the previous page")
+                                      ] = None,
                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     """Events of the caller's org, newest first, kept for LIFELINE_EVENT_RETENTION_DAYS."""
     rows = await store.list_events(pool, user.org, types=type, since=since, until=until, subject=subject,
@@ -55,8 +58,9 @@ async def event_log(pool: PoolDep, user: CurrentUser, settings: SettingsDep,
             "retention_days": settings.event_retention_days}
 
 
-@router.get("/log/{event_id}", response_model=Event, **guarded("viewer"))
-async def event(event_id: int, pool: PoolDep, user: CurrentUser, settings: SettingsDep) -> dict[str, Any]:
+@router.get("/log/{event_id}", response_model=Event, **guarded("viewer", 404))
+async def event(event_id: Annotated[int, Path(ge=1, le=BIGINT)], pool: PoolDep, user: CurrentUser,
+                settings: SettingsDep) -> dict[str, Any]:
     """One event of the caller's org."""
     row = await store.get_event(pool, user.org, event_id)
     if row is None:

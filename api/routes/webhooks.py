@@ -7,10 +7,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from activities.subscriptions import EventLinks, event_body, new_secret, post_signed, seal_secret
 from api.deps import CurrentUser, PoolDep, SettingsDep, guarded
+from api.models import Public
 from api.problems import Problem
 from infra.settings import Settings
 from infra.ssrf import AddressRefused, Guard
@@ -26,6 +27,7 @@ from workflows.contract import (
 
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
 MAX_FILTERS = 100
+BIGINT = 2**63 - 1  # ids are bigints: a larger number must be a 422, not PostgreSQL's 500
 
 
 class WebhookFields(BaseModel):
@@ -62,6 +64,8 @@ class WebhookUpdate(BaseModel):
 
 
 class WebhookPublic(WebhookFields):
+    model_config = ConfigDict(extra="forbid")  # a response: no undeclared member (api.models.Public)
+
     id: str
     url: str
     created_at: datetime
@@ -76,11 +80,11 @@ class WebhookWithSecret(WebhookPublic):
     secret: str | None = Field(default=None, description="shown only when created or rotated")
 
 
-class WebhookList(BaseModel):
+class WebhookList(Public):
     items: list[WebhookPublic]
 
 
-class TestResult(BaseModel):
+class TestResult(Public):
     ok: bool
     status: int | None = None
     error_type: str = ""
@@ -88,8 +92,9 @@ class TestResult(BaseModel):
     latency_ms: int = 0
 
 
-class WebhookDelivery(BaseModel):
+class WebhookDelivery(Public):
     id: int
+    subscription_id: str
     event_id: int
     event_type: str
     seq: int
@@ -104,17 +109,17 @@ class WebhookDelivery(BaseModel):
     finished_at: datetime | None = None
 
 
-class DeliveryPage(BaseModel):
+class DeliveryPage(Public):
     items: list[WebhookDelivery]
     next_cursor: int | None = Field(default=None, description="pass as `before` for the next (older) page")
 
 
 class ReplayRequest(BaseModel):
-    ids: list[int] | None = Field(default=None, min_length=1, max_length=5000,
+    ids: list[Annotated[int, Field(ge=1, le=BIGINT)]] | None = Field(default=None, min_length=1, max_length=5000,
                                   description="dead-lettered delivery ids; omitted: every one not yet replayed")
 
 
-class ReplayResult(BaseModel):
+class ReplayResult(Public):
     queued: list[int]
 
 
@@ -157,7 +162,7 @@ async def _owned(pool: Any, org: str, sub_id: str) -> dict[str, Any]:
     return row
 
 
-@router.post("", status_code=201, response_model=WebhookWithSecret, **guarded("admin"))
+@router.post("", status_code=201, response_model=WebhookWithSecret, **guarded("admin", 422))
 async def create_webhook(body: WebhookCreate, request: Request, pool: PoolDep, settings: SettingsDep,
                          user: CurrentUser) -> dict[str, Any]:
     """Subscribe a URL to events of the caller's org; the response shows the signing secret once."""
@@ -184,13 +189,13 @@ async def list_webhooks(pool: PoolDep, user: CurrentUser) -> dict[str, Any]:
     return {"items": [await _public(pool, user.org, r) for r in await store.list_subscriptions(pool, user.org)]}
 
 
-@router.get("/{sub_id}", response_model=WebhookPublic, **guarded("operator"))
+@router.get("/{sub_id}", response_model=WebhookPublic, **guarded("operator", 404))
 async def get_webhook(sub_id: str, pool: PoolDep, user: CurrentUser) -> dict[str, Any]:
     """One subscription with its queue counts."""
     return await _public(pool, user.org, await _owned(pool, user.org, sub_id))
 
 
-@router.patch("/{sub_id}", response_model=WebhookWithSecret, **guarded("admin"))
+@router.patch("/{sub_id}", response_model=WebhookWithSecret, **guarded("admin", 404, 422))
 async def update_webhook(sub_id: str, body: WebhookUpdate, request: Request, pool: PoolDep,
                          settings: SettingsDep, user: CurrentUser) -> dict[str, Any]:
     """Change a subscription (only the fields given); `rotate_secret` issues a new secret, returned once."""
@@ -215,7 +220,7 @@ async def update_webhook(sub_id: str, body: WebhookUpdate, request: Request, poo
     return {**await _public(pool, user.org, row), "secret": secret}
 
 
-@router.delete("/{sub_id}", status_code=204, response_class=Response, **guarded("admin"))
+@router.delete("/{sub_id}", status_code=204, response_class=Response, **guarded("admin", 404))
 async def delete_webhook(sub_id: str, request: Request, pool: PoolDep, user: CurrentUser) -> Response:
     """Remove a subscription and its delivery records; nothing more is sent to it."""
     row = await _owned(pool, user.org, sub_id)
@@ -226,7 +231,7 @@ async def delete_webhook(sub_id: str, request: Request, pool: PoolDep, user: Cur
     return Response(status_code=204)
 
 
-@router.post("/{sub_id}/test", response_model=TestResult, **guarded("admin"))
+@router.post("/{sub_id}/test", response_model=TestResult, **guarded("admin", 404))
 async def test_webhook(sub_id: str, request: Request, pool: PoolDep, settings: SettingsDep,
                        user: CurrentUser) -> dict[str, Any]:
     """Send one signed `webhook.test` event now (same checks, headers and signature as real events; not
@@ -253,10 +258,10 @@ async def test_webhook(sub_id: str, request: Request, pool: PoolDep, settings: S
             "latency_ms": outcome.latency_ms}
 
 
-@router.get("/{sub_id}/deliveries", response_model=DeliveryPage, **guarded("operator"))
+@router.get("/{sub_id}/deliveries", response_model=DeliveryPage, **guarded("operator", 404))
 async def webhook_deliveries(sub_id: str, pool: PoolDep, user: CurrentUser,
                              status: Literal["pending", "delivered", "dead_lettered"] | None = None,
-                             before: Annotated[int | None, Query(ge=1, description="cursor")] = None,
+                             before: Annotated[int | None, Query(ge=1, le=BIGINT, description="cursor")] = None,
                              limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:
     """The subscription's sends, newest first: sequence number, attempts, outcome."""
     await _owned(pool, user.org, sub_id)
@@ -264,7 +269,7 @@ async def webhook_deliveries(sub_id: str, pool: PoolDep, user: CurrentUser,
     return {"items": items, "next_cursor": items[-1]["id"] if len(items) == limit else None}
 
 
-@router.post("/{sub_id}/replay", status_code=202, response_model=ReplayResult, **guarded("admin"))
+@router.post("/{sub_id}/replay", status_code=202, response_model=ReplayResult, **guarded("admin", 404))
 async def replay_webhook(sub_id: str, body: ReplayRequest, request: Request, pool: PoolDep,
                          user: CurrentUser) -> dict[str, Any]:
     """Queue dead-lettered events of the subscription again, in their original order, with new sequence
