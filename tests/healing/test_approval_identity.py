@@ -32,12 +32,13 @@ def token(role: str, *, org: str = "default", subject: str = "oncall-alice") -> 
 
 
 @pytest.fixture
-async def rig(skip_env: WorkflowEnvironment, pool: asyncpg.Pool,
+async def rig(skip_env: WorkflowEnvironment, app_pool: asyncpg.Pool,
               cipher: Cipher) -> AsyncIterator[tuple[Client, Fakes, str]]:
     tq = f"approve-{uuid.uuid4().hex[:8]}"
     fakes = Fakes(skip_env.client)
     acts = [a for a in fakes.activities() if a != fakes.verify_approval]
-    acts.append(ApprovalActivities(pool, TEST_JWT_SECRET).verify_approval)
+    # Verification reads revocations and writes the audit log as the application role, under row-level security.
+    acts.append(ApprovalActivities(app_pool, TEST_JWT_SECRET).verify_approval)
     # The worker's client refuses unencrypted payloads, as `lifeline worker` does.
     strict = Client(skip_env.client.service_client, namespace=skip_env.client.namespace,
                     data_converter=data_converter(cipher, refuse_plain=True))

@@ -295,3 +295,22 @@ def test_production_refuses_a_weak_or_shared_audit_key() -> None:
         make_settings(**{**values, "audit_key": values["store_key"]})
     good = make_settings(**production(audit_key=base64.urlsafe_b64encode(os.urandom(32)).decode()))
     assert good.audit_keys().current == "a1"
+
+
+async def test_the_api_process_exports_heads_periodically(db_url: str, app_pool: asyncpg.Pool,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    await write(app_pool, 2)
+    app = create_app(make_settings(database_url=db_url, audit_head_seconds=0.05), make_config())
+    with caplog.at_level(logging.INFO, logger="lifeline.audit"):
+        async with app.router.lifespan_context(app):
+            await wait_for_log(caplog, "audit head: org=default seq=2 ")
+            await write(app_pool, 1, start=2)
+            await wait_for_log(caplog, "audit head: org=default seq=3 ")
+
+
+async def wait_for_log(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    for _ in range(200):
+        if any(r.getMessage().startswith(text) for r in caplog.records):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no log line {text!r} in 10 s")
