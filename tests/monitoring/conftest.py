@@ -51,10 +51,12 @@ async def api(db_url: str, config: LifelineConfig) -> AsyncIterator[httpx.AsyncC
 
 
 class Seeder:
-    """Messages through the real accept path; deliveries, attempts and dead letters as the engine writes them."""
+    """Messages through the real accept path (as the application role when given `app_pool`); deliveries, attempts
+    and dead letters as the engine writes them, and backdated timestamps, through the superuser `pool`."""
 
-    def __init__(self, pool: asyncpg.Pool, cipher: Cipher) -> None:
+    def __init__(self, pool: asyncpg.Pool, cipher: Cipher, app_pool: asyncpg.Pool | None = None) -> None:
         self.pool = pool
+        self.app_pool = app_pool or pool
         self.cipher = cipher
         self.n = 0
 
@@ -62,7 +64,7 @@ class Seeder:
                       org: str = "default") -> str:
         self.n += 1
         text = raw if raw is not None else adt(f"C{self.n:06d}", f"MRN{self.n}")
-        result = await accept(self.pool, self.cipher, Channel(name=channel, org=org), text)
+        result = await accept(self.app_pool, self.cipher, Channel(name=channel, org=org), text)
         if received_at is not None:
             await self.pool.execute("update messages set received_at = $2 where id = $1", result.message_id,
                                     received_at)
@@ -104,5 +106,5 @@ class Seeder:
 
 
 @pytest.fixture
-def seed(pool: asyncpg.Pool, store_cipher: Cipher) -> Seeder:
-    return Seeder(pool, store_cipher)
+def seed(pool: asyncpg.Pool, app_pool: asyncpg.Pool, store_cipher: Cipher) -> Seeder:
+    return Seeder(pool, store_cipher, app_pool)
