@@ -125,8 +125,9 @@ async def _record_system_tx(db: Db, purpose: str) -> None:
                      subject=purpose, role="system",
                      detail={"transactions": count, "since_seconds": None if last is None else round(now - last[0]),
                              "interval_seconds": system_audit.seconds})
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RuntimeError) as exc:
         # The system transaction itself decides whether the store is usable; the summary is written next time.
+        # RuntimeError: this process has no audit key (no LIFELINE_AUDIT_KEY nor store key to derive it from).
         system_audit.written[purpose] = last if last is not None else \
             (now - (system_audit.seconds or 0), system_audit.baseline.get(purpose, 0))
         log.warning("cross-org transaction summary not audited: %s", type(exc).__name__)

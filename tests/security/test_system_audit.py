@@ -4,6 +4,7 @@ summary row per purpose per interval, with the number of transactions; never a r
 from __future__ import annotations
 
 import asyncpg
+import pytest
 
 from infra.store import SYSTEM_AUDIT_ORG, audit_system_transactions, system_audit, system_tx, system_tx_count
 from infra.store.api_keys import lookup
@@ -47,4 +48,17 @@ async def test_system_transactions_are_summarised_per_purpose_per_interval(app_p
 
 async def test_off_by_default_in_a_library_user(app_pool: asyncpg.Pool, superuser_pool: asyncpg.Pool) -> None:
     await lookup(app_pool, b"no such key")
+    assert await superuser_pool.fetchval("select count(*) from audit_log") == 0
+
+
+async def test_a_process_without_an_audit_key_still_runs_its_system_transactions(
+        app_pool: asyncpg.Pool, superuser_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dispatcher started without any key (it needs none to dispatch) must not fail on the summary."""
+    def no_key() -> None:
+        raise RuntimeError("LIFELINE_AUDIT_KEY (or LIFELINE_STORE_KEY to derive it) is not set")
+
+    monkeypatch.setattr("infra.store.audit.current_keys", no_key)
+    audit_system_transactions(3600)
+    async with system_tx(app_pool, "dispatch") as c:
+        assert await c.fetchval("select count(*) from messages") == 0
     assert await superuser_pool.fetchval("select count(*) from audit_log") == 0

@@ -16,6 +16,7 @@ import httpx
 import yaml
 
 from infra.config import LifelineConfig, validate_config
+from tests.conftest import TEST_STORE_KEY
 from tests.delivery.harness import Peer, bearer, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +125,8 @@ async def test_dry_run_cli_prints_each_step_and_stores_nothing(tmp_path: Path, p
 
 
 async def cli(db_url: str, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LIFELINE_DATABASE_URL": db_url}
+    # The store key, as a deployment has it: audited commands chain their audit rows with the key derived from it.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LIFELINE_DATABASE_URL": db_url, "LIFELINE_STORE_KEY": TEST_STORE_KEY}
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "workers.cli", *args, cwd=ROOT, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 120)
