@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -132,9 +133,11 @@ async def test_a_case_query_without_a_worker_does_not_hang(api: FastAPI, tempora
                                                            task_queue: str) -> None:
     """No worker polls the task queue: the state query cannot be answered. The case reads as not live (its record),
     an approval is a 503 that says why; both within the query timeout (the request used to hang)."""
-    case_id = case_workflow_id("default", "manual", "destination:lab")
-    await temporal_env.client.start_workflow(
-        "RemediationCaseWorkflow", CaseInput("manual", "destination:lab", "default", "manual", 3600.0),
+    # Its own subject: case ids are business keys, and the Temporal server outlives this test.
+    subject = f"destination:no-worker-{uuid.uuid4().hex[:8]}"
+    case_id = case_workflow_id("default", "manual", subject)
+    handle = await temporal_env.client.start_workflow(
+        "RemediationCaseWorkflow", CaseInput("manual", subject, "default", "manual", 3600.0),
         id=case_id, task_queue=f"{task_queue}-no-worker", search_attributes=org_attribute("default"),
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t") as http:
@@ -144,6 +147,7 @@ async def test_a_case_query_without_a_worker_does_not_hang(api: FastAPI, tempora
         r = await http.post(f"/api/remediations/{case_id}/approve", json={}, headers=auth("oncall"))
         assert r.status_code == 503 and "worker" in r.json()["detail"], r.text
         assert time.monotonic() - started < 4 * QUERY_TIMEOUT_S
+    await handle.terminate("test over")
 
 
 async def test_replay_ids_beyond_a_bigint_are_refused(api: FastAPI) -> None:

@@ -44,3 +44,15 @@ async def test_not_ready_names_postgres(temporal_env: WorkflowEnvironment) -> No
 async def test_healthz_needs_nothing(db_url: str) -> None:
     r = await _get({"database_url": db_url, "temporal_address": f"127.0.0.1:{free_port()}"}, "/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+async def test_an_api_key_while_the_store_is_down_is_a_503_problem(temporal_env: WorkflowEnvironment) -> None:
+    """An API key cannot be looked up without PostgreSQL: a 503 saying so (it was an unhandled 500)."""
+    addr = temporal_env.client.service_client.config.target_host
+    app = create_app(make_settings(database_url=f"postgresql://x@127.0.0.1:{free_port()}/x", temporal_address=addr),
+                     load_config(EXAMPLE_CONFIG))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            r = await c.get("/api/messages", headers={"X-API-Key": "llk_unknown"})
+    assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json", r.text
+    assert "API key" in r.json()["detail"]
