@@ -197,7 +197,9 @@ async def run_one(rig: Rig, spec: Spec, mode: str, tmp: Path) -> dict[str, Any]:
         "stage": final.stage if final is not None else None,
         "recurrences": final.recurrences if final is not None else 0,
         "first_evidence_signature": final.evidence[0].signature if final is not None and final.evidence else None,
-        "actions": [{"action": a.get("action"), "outcome": a.get("outcome"), "by": a.get("by")} for a in attempts],
+        "actions": [{"action": a.get("action"), "outcome": a.get("outcome"), "by": a.get("by"),
+                     "detail": (a.get("detail") or "")[:300]} for a in attempts],
+        "history": final.history[-40:] if final is not None else [],
         "approvals": approvals,
         "destructive_without_approval": len(destructive_unapproved),
         "repair_s": (round(resolved - (fixable if fixable <= resolved else (detected or t0)), 1)
