@@ -94,6 +94,8 @@ async def one(rig: Rig, n: int, subs: int, connections: int, receiver_port: int)
         if not await wait_until(lambda: len(peer.received) >= n, timeout=max(180.0, n / 2)):
             raise RuntimeError(f"only {len(peer.received)} of {n} messages reached the peer")
         delivered_s = max(peer.received.values()) - t0
+        mid = rig.cpu_seconds()
+        cpu_delivery_ms = round(1000 * sum(mid[k] - cpu0[k] for k in mid) / n, 2)
         expected = 2 * n * max(subs, 0)  # message.received + delivery.delivered, to each subscription
         drained_s = None
         if expected:
@@ -115,7 +117,7 @@ async def one(rig: Rig, n: int, subs: int, connections: int, receiver_port: int)
             "delivered_per_s": round(n / delivered_s, 1), "webhook_events": got, "webhook_events_expected": expected,
             "all_webhooks_sent_s": round(drained_s, 2) if drained_s else None,
             "webhook_events_per_s": round(expected / drained_s, 1) if drained_s else None,
-            "cpu_ms_per_message_incl_webhooks": cpu_ms}
+            "cpu_ms_per_message_until_delivered": cpu_delivery_ms, "cpu_ms_per_message_incl_webhooks": cpu_ms}
 
 
 async def run(n: int, settings: list[int], connections: int, rounds: int) -> dict[str, Any]:
@@ -134,7 +136,9 @@ async def run(n: int, settings: list[int], connections: int, rounds: int) -> dic
     for subs in settings:
         key = "event log off" if subs == OFF else str(subs)
         rates = [x["delivered_per_s"] for x in results if str(x["subscriptions"]) == key]
-        summary[key] = {"delivered_per_s_median": sorted(rates)[len(rates) // 2], "runs": rates}
+        cpu = [x["cpu_ms_per_message_incl_webhooks"] for x in results if str(x["subscriptions"]) == key]
+        summary[key] = {"delivered_per_s_median": sorted(rates)[len(rates) // 2], "runs": rates,
+                        "cpu_ms_per_message_median": sorted(cpu)[len(cpu) // 2]}
     base = summary.get("event log off") or summary.get("0")
     if base:
         for v in summary.values():

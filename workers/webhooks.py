@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import httpx
 
 from activities.subscriptions import (
     H_EVENT,
@@ -25,6 +25,7 @@ from activities.subscriptions import (
     H_SEQUENCE,
     H_SUBSCRIPTION,
     EventLinks,
+    KeepAlive,
     SendOutcome,
     event_body,
     open_secret,
@@ -44,7 +45,7 @@ _LOCK_CLASS = 0x57EB  # advisory lock namespace of webhook subscriptions: (class
 class WebhookDrainer:
     def __init__(self, pool: asyncpg.Pool, cipher: Cipher, guard: Guard, links: EventLinks, *,
                  poll_s: float = 0.5, retention: timedelta = timedelta(days=30), prune_every_s: float = 3600.0,
-                 http: httpx.AsyncClient | None = None, batch: int = 100) -> None:
+                 batch: int = 100) -> None:
         self.pool = pool
         self.cipher = cipher
         self.guard = guard
@@ -52,17 +53,14 @@ class WebhookDrainer:
         self.poll_s = poll_s
         self.retention = retention
         self.prune_every_s = prune_every_s
-        self._http = http
         self.batch = batch  # pending sends read per round trip
+        self._ssl: ssl.SSLContext | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.sent = 0  # successful sends by this drainer (bench and tests read it)
         self.admissions = 0  # looks at the log for new events
 
     async def run(self, db_url: str, stop: asyncio.Event) -> None:
         """Drain until `stop`; survives PostgreSQL restarts (locks are taken again after a reconnect)."""
-        own_http = self._http is None
-        http = self._http or httpx.AsyncClient(limits=httpx.Limits(max_connections=100))
-        self._http = http
         last_prune = 0.0
         try:
             while not stop.is_set():
@@ -90,9 +88,6 @@ class WebhookDrainer:
                 await _sleep(stop, 1.0)
         finally:
             await self._cancel_all()
-            if own_http:
-                await http.aclose()
-                self._http = None
 
     async def prune(self, now: datetime | None = None) -> tuple[int, int]:
         """Delete events and finished delivery records older than the retention (every org)."""
@@ -134,6 +129,15 @@ class WebhookDrainer:
 
     async def _drain(self, org: str, sid: str, stop: asyncio.Event) -> None:
         """Send the subscription's pending events in sequence order until it is deleted or disabled."""
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()  # once per drainer: building one costs ~0.1 s of CPU
+        conn = KeepAlive(self._ssl)
+        try:
+            await self._drain_with(org, sid, stop, conn)
+        finally:
+            await conn.close()
+
+    async def _drain_with(self, org: str, sid: str, stop: asyncio.Event, conn: KeepAlive) -> None:
         while not stop.is_set():
             try:
                 batch = await store.pending(self.pool, org, sid, self.batch)
@@ -148,15 +152,15 @@ class WebhookDrainer:
                 if delay > 0:  # the head waits for its retry; everything behind it waits too (order)
                     await _sleep(stop, min(delay, self.poll_s * 4))
                     continue
-                await self._send_batch(org, sid, batch, stop)
+                await self._send_batch(org, sid, batch, stop, conn)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("webhook %s: store unavailable (%s); retrying", sid, type(exc).__name__)
                 await _sleep(stop, 1.0)
 
-    async def _send_batch(self, org: str, sid: str, batch: list[dict[str, Any]], stop: asyncio.Event) -> None:
+    async def _send_batch(self, org: str, sid: str, batch: list[dict[str, Any]], stop: asyncio.Event,
+                          conn: KeepAlive) -> None:
         """Send in order until one fails; successes are recorded together (a crash before that re-sends them:
         at least once, receivers de-duplicate by event id), a failure at once."""
-        assert self._http is not None
         first = batch[0]
         secret = open_secret(self.cipher, sid, bytes(first["secret_enc"]), str(first["key_id"]))
         done_ids: list[int] = []
@@ -182,7 +186,7 @@ class WebhookDrainer:
                                   occurred_at=row["occurred_at"], org_id=org, subject=str(row["subject"]), data=data,
                                   subscription=sid, sequence=int(row["seq"]), attempt=attempt,
                                   redelivery=row["replay_of"] is not None, links=self.links)
-                outcome = await post_signed(self._http, self.guard, str(row["url"]), secret, body, headers={
+                outcome = await post_signed(conn, self.guard, str(row["url"]), secret, body, headers={
                     H_EVENT: str(row["type"]), H_EVENT_ID: str(row["event_id"]), H_SUBSCRIPTION: sid,
                     H_SEQUENCE: str(row["seq"])}, target=target)
                 if outcome.ok:
@@ -216,10 +220,10 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
 
 
 
-def drainer_for(settings: Settings, pool: asyncpg.Pool, http: httpx.AsyncClient | None = None) -> WebhookDrainer:
+def drainer_for(settings: Settings, pool: asyncpg.Pool) -> WebhookDrainer:
     """The drainer a worker process runs, from its settings."""
     return WebhookDrainer(pool, settings.cipher("store"), Guard(settings.webhook_allow_networks),
                           EventLinks(settings.public_url, settings.temporal_ui_url, settings.temporal_namespace),
                           poll_s=settings.webhook_poll_seconds,
                           retention=timedelta(days=settings.event_retention_days),
-                          prune_every_s=settings.event_prune_seconds, http=http)
+                          prune_every_s=settings.event_prune_seconds)

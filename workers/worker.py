@@ -166,7 +166,7 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
                 dispatching = asyncio.create_task(
                     dispatcher.run(settings.database_url, settings.dispatcher_sweep_seconds, stop))
             # Webhook subscriptions: every worker runs a drainer; each subscription is drained by one at a time.
-            draining = asyncio.create_task(drainer_for(settings, pool, http).run(settings.database_url, stop))
+            draining = asyncio.create_task(drainer_for(settings, pool).run(settings.database_url, stop))
             await stop.wait()
             if dispatching is not None:
                 await dispatching
