@@ -1,6 +1,7 @@
 """Finding 9 (PHI canary): a message whose name, MRN and birth date are unique strings goes through accept, a failed
 attempt, a dead letter, a replay and a remediation case; afterwards the canary appears in no log line, no Temporal
-history read without the codec, no metric, no audit entry, no event log entry and no API response to a viewer."""
+history read without the codec, no metric, no audit entry, no event log entry, no webhook request and no API
+response to a viewer."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from activities.subscriptions import seal_secret
 from infra.crypto import Cipher
+from infra.store import webhooks
 from tests.delivery.harness import Engine, Peer, api_client, bearer, config_for, running, send_mllp, wait_for
 from tests.delivery.test_failures import replay_and_wait
+from tests.webhooks.conftest import Receiver, draining
 from workflows.contract import delivery_workflow_id
 
 FAMILY, GIVEN, MRN, DOB = "QQCANARYFAMILY", "QQCANARYGIVEN", "QQMRN7319", "19310417"
@@ -45,7 +49,14 @@ async def test_canary_leaves_no_trace_outside_the_store(
     config = config_for(port, ordering={"key": "PID-3.1"}, retry={"initial_interval": "100ms", "maximum_attempts": 2})
     engine = Engine(pool, temporal_client, config, store_cipher, task_queue, db_url)
     address = temporal_env.client.service_client.config.target_host
-    async with running(engine), api_client(db_url, address, task_queue, config) as api:
+    # A webhook subscriber to every event, served by the drainer as a worker runs it.
+    receiver = Receiver(200).start()
+    secret_enc, key_id = seal_secret(store_cipher, "wh_canary", "whsec_canary-secret-0123456789")
+    await webhooks.create(pool, "default", sub_id="wh_canary", url=receiver.url, description="", events=["*"],
+                          channels=[], destinations=[], message_types=[], secret_enc=secret_enc, key_id=key_id,
+                          max_attempts=5, initial_interval_s=0.1, maximum_interval_s=1.0, created_by="test")
+    async with running(engine), api_client(db_url, address, task_queue, config) as api, \
+            draining(db_url, store_cipher):
         assert await send_mllp(engine.mllp_port, [canary_message("CAN1")]) == ["AA"]
         mid = await pool.fetchval("select id from messages where control_id = 'CAN1'")
 
@@ -72,7 +83,16 @@ async def test_canary_leaves_no_trace_outside_the_store(
         body = await api.get(f"/api/messages/{mid}?include=body", headers=bearer("operator"))
         assert MRN in body.text
         await temporal_client.get_workflow_handle(case_id).terminate("canary test done")
+
+        def subscriber_saw_it_all() -> bool:
+            types = {e["type"] for e in receiver.accepted()}
+            return {"message.received", "delivery.dead_lettered", "delivery.delivered"} <= types
+
+        await wait_for(subscriber_saw_it_all, timeout=30)
     await peer.stop()
+    receiver.stop()
+    # No webhook body (every request the subscriber got, headers included).
+    clean("webhook requests", "\n".join(f"{h.path} {h.headers} {h.body.decode()}" for h in receiver.hits))
 
     # No Temporal history read without the codec: delivery (failed and replayed), replay, case.
     plain = await Client.connect(address)
