@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,17 @@ def receiver() -> Any:
 _COUNTER: list[httpx.AsyncClient] = []
 
 
-async def count(port: int) -> int:
-    """Requests the receiver accepted so far (one client for all polls: a new one costs a TLS context)."""
+async def counts(port: int) -> tuple[int, int]:
+    """(posts, distinct sends) the receiver got so far (one client for all polls: a new one costs a TLS context)."""
     if not _COUNTER:
         _COUNTER.append(httpx.AsyncClient(verify=False))
-    return int((await _COUNTER[0].get(f"http://127.0.0.1:{port}/count")).text)
+    posts, unique = (await _COUNTER[0].get(f"http://127.0.0.1:{port}/count")).text.split()
+    return int(posts), int(unique)
+
+
+async def count(port: int) -> int:
+    """Distinct sends the receiver got so far."""
+    return (await counts(port))[1]
 
 
 async def one(rig: Rig, n: int, subs: int, connections: int, receiver_port: int) -> dict[str, Any]:
@@ -72,6 +79,7 @@ async def one(rig: Rig, n: int, subs: int, connections: int, receiver_port: int)
     engine = Engine(rig, await rig.new_database(), engine_config(peer_port, ordered=False))
     await engine.start()
     cipher = store_cipher()
+    run_tag = uuid.uuid4().hex[:8]
     stop = asyncio.Event()
     drainer = WebhookDrainer(engine.pools[2], cipher, Guard(["127.0.0.1/32"]), EventLinks(), poll_s=0.5,
                              retention=timedelta(days=30))
@@ -82,13 +90,13 @@ async def one(rig: Rig, n: int, subs: int, connections: int, receiver_port: int)
                 await conn.execute("alter table messages disable trigger events_message")
                 await conn.execute("alter table deliveries disable trigger events_delivery")
             for i in range(max(subs, 0)):
-                sid = f"wh_bench{i:03d}"
+                sid = f"wh_{run_tag}{i:03d}"  # unique across runs: the receiver counts distinct sends
                 secret_enc, key_id = seal_secret(cipher, sid, "whsec_bench-secret-0123456789")
                 await store.create(conn, "default", sub_id=sid, url=f"http://127.0.0.1:{receiver_port}/hook",
                                    description="bench", events=["*"], channels=[], destinations=[],
                                    message_types=[], secret_enc=secret_enc, key_id=key_id, max_attempts=20,
                                    initial_interval_s=1.0, maximum_interval_s=60.0, created_by="bench")
-        received0 = await count(receiver_port)
+        posts0, received0 = await counts(receiver_port)
         t0, cpu0 = time.monotonic(), rig.cpu_seconds()
         await send_closed_loop(engine.port, n, connections, "W")
         if not await wait_until(lambda: len(peer.received) >= n, timeout=max(180.0, n / 2)):
@@ -106,7 +114,11 @@ async def one(rig: Rig, n: int, subs: int, connections: int, receiver_port: int)
                 drained_s = time.monotonic() - t0
         after = rig.cpu_seconds()
         cpu_ms = round(1000 * sum(after[k] - cpu0[k] for k in after) / n, 2)
-        got = await count(receiver_port) - received0
+        posts1, received1 = await counts(receiver_port)
+        async with engine.pools[0].acquire() as conn:
+            logged = {r["type"]: r["n"] for r in await conn.fetch(
+                "select type, count(*) as n from events group by type order by type")}
+        got, posts = received1 - received0, posts1 - posts0
     finally:
         stop.set()
         with contextlib.suppress(Exception):
@@ -115,6 +127,7 @@ async def one(rig: Rig, n: int, subs: int, connections: int, receiver_port: int)
         await peer.stop()
     return {"subscriptions": "event log off" if subs == OFF else subs, "messages": n,
             "delivered_per_s": round(n / delivered_s, 1), "webhook_events": got, "webhook_events_expected": expected,
+            "webhook_posts_repeated": posts - got, "events_logged": logged,
             "all_webhooks_sent_s": round(drained_s, 2) if drained_s else None,
             "webhook_events_per_s": round(expected / drained_s, 1) if drained_s else None,
             "cpu_ms_per_message_until_delivered": cpu_delivery_ms, "cpu_ms_per_message_incl_webhooks": cpu_ms}

@@ -70,3 +70,32 @@ async def test_retention_prunes_old_events_and_finished_sends(db_url: str, pool:
         assert await drainer.prune(now=datetime.now(UTC) + timedelta(days=31)) == (1, 0)
     assert await pool.fetchval("select count(*) from events") == 0
     assert await store.list_events(pool, "default") == []
+
+
+async def test_sla_and_message_events_are_logged(db_url: str, pool: asyncpg.Pool) -> None:
+    from infra.store import sla
+
+    now = datetime.now(UTC)
+    row = await sla.upsert_violation(pool, "default", "lab-sla", "p95_latency", "destination:lab", 500.0, now,
+                                     900.0, False)
+    await sla.upsert_violation(pool, "default", "lab-sla", "p95_latency", "destination:lab", 500.0, now, 950.0,
+                               False)  # still open: no new event
+    assert await sla.set_escalated(pool, "default", row["id"], now)
+    await sla.close_violation(pool, "default", "lab-sla", "p95_latency", now + timedelta(minutes=5))
+    async with api(db_url) as c:
+        sender = bearer("sender")
+        ok = await c.post("/api/channels/adt-in/messages", headers={**sender, "content-type": "text/plain"},
+                          content="MSH|^~\\&|EPIC|HOSP|LAB|LABF|20260101120000||ADT^A01|M1|P|2.5.1\r"
+                                  "PID|1||QQMRN55^^^HOSP^MR||QQDOE^JANE")
+        assert ok.status_code == 202, ok.text
+        bad = await c.post("/api/channels/adt-in/messages", headers={**sender, "content-type": "text/plain"},
+                           content="MSH|^~\\&|EPIC|HOSP|LAB|LABF|20260101120000||ADT^A01||P|2.5.1\r")
+        assert bad.status_code == 422, bad.text
+        items = (await c.get("/api/events/log", params=[("type", "sla.*"), ("type", "message.*")],
+                             headers=VIEWER)).json()["items"]
+    assert [e["type"] for e in items] == ["message.rejected", "message.received", "sla.restored", "sla.escalated",
+                                          "sla.violated"]
+    assert {e["subject"] for e in items if e["type"].startswith("sla.")} == {"lab-sla/p95_latency"}
+    assert items[0]["data"]["status"] == "rejected" and items[0]["channel"] == "adt-in"
+    assert items[1]["links"]["message"].endswith(f"/api/messages/{ok.json()['message_id']}")
+    assert "QQMRN55" not in str(items) and "QQDOE" not in str(items)
