@@ -38,11 +38,11 @@ async def test_delivery_and_case_events_survive_a_receiver_outage(
                             clear_ids=[case_id]) as ll, draining(db_url, store_cipher):
             assert await send_mllp(ll.mllp_port, [adt(f"WH{i}", f"MRNWH{i}") for i in range(5)]) == ["AA"] * 5
             await wait_for(lambda: pool.fetchval(
-                "select count(*) >= 10 from delivery_attempts where error_class = 'refused'"), timeout=30)
+                "select count(*) >= 10 from delivery_attempts where error_class = 'refused'"), timeout=90)
             await peer.start(port)
             ll.monitor.start()
-            await ll.wait_case(case_id, lambda s: True, timeout=60)
-            final = await ll.case_result(case_id, timeout=90)
+            await ll.wait_case(case_id, lambda s: True, timeout=120)
+            final = await ll.case_result(case_id, timeout=180)
             assert final.stage == "resolved", final.history
             assert len(receiver.hits) >= 2 and receiver.accepted() == []  # tried while down, nothing accepted
             receiver.status = 200  # back up: everything queued arrives, in order
@@ -51,7 +51,7 @@ async def test_delivery_and_case_events_survive_a_receiver_outage(
                 types = [e["type"] for e in receiver.accepted()]
                 return types.count("delivery.delivered") == 5 and "case.resolved" in types
 
-            await wait_for(everything, timeout=60)
+            await wait_for(everything, timeout=120)
     finally:
         await peer.stop()
         receiver.stop()
