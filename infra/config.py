@@ -47,12 +47,16 @@ def parse_duration(value: Any) -> timedelta:
         return value
     if isinstance(value, bool):
         raise ValueError("expected a duration such as '1s', '5m' or '1h'")
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a duration such as '1s', '5m' or '1h'")
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        if isinstance(value, int | float):
+            return timedelta(seconds=value)
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"{value!r} is not a duration such as '1s', '5m' or '1h'")
+        return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    except OverflowError:
+        # timedelta stops at 999999999 days; past it was an OverflowError (an API 500, found by Schemathesis).
+        raise ValueError(f"{value!r} is longer than any duration Lifeline can hold") from None
 
 
 def format_duration(value: timedelta) -> str:

@@ -168,3 +168,12 @@ def test_lifeline_openapi_writes_the_served_document(tmp_path: Path) -> None:
     written = json.loads(out.read_text())
     assert written["paths"].keys() == spec()["paths"].keys()
     assert written["components"]["schemas"]["MessageDetail"]["additionalProperties"] is False
+
+
+async def test_unstorable_text_and_endless_durations_are_bad_input(api: FastAPI) -> None:
+    """A NUL byte reached PostgreSQL, a window past timedelta's range reached timedelta: both were 500s."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t") as http:
+        r = await http.get("/api/dead-letters", params={"destination": "lab\x00"}, headers=auth())
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
+        r = await http.get("/api/flow", params={"window": "9" * 30}, headers=auth())
+        assert r.status_code == 422 and r.json()["field"] == "window", r.text
