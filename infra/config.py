@@ -446,7 +446,8 @@ class FileErrorsGrowing(_Detector):
 
 class Monitor(_Model):
     enabled: bool = True  # the flow monitor schedule (paused when false)
-    interval: Duration = timedelta(seconds=15)
+    # 5 s: a detector that needs two looks (a stuck engine state, an error delta) still fires within ~15 s.
+    interval: Duration = timedelta(seconds=5)
     window: Duration = timedelta(minutes=5)
     timezone: str = "UTC"  # hour-of-week / hour-of-day buckets of the throughput baseline
     destination_down: DestinationDown = DestinationDown()

@@ -12,9 +12,12 @@ def _s(x: Any) -> str:
 def render_markdown(r: dict[str, Any]) -> str:
     rows = r["results"]
     load = r["load"]
+    every = sorted({x["monitor_interval_s"] for x in rows if x.get("monitor_interval_s") is not None})
+    monitor = (f"the flow monitor every {', '.join(f'{v:g}' for v in every)} s — the default `monitor.interval`"
+               if every else "the flow monitor every 2 s")
     out = ["# Lifeline healing scorecard", "",
            f"Started {r['started_at']} with `python -m bench.healing` ({r['seconds']} s). Whole Lifeline in one "
-           "process (listener, dispatcher, the real worker, the flow monitor every 2 s, the API) on an embedded "
+           f"process (listener, dispatcher, the real worker, {monitor}, the API) on an embedded "
            "PostgreSQL and the Temporal dev server; python-hl7 MLLP peers; the Mirth/Rhapsody emulators and the "
            "fake Cloverleaf hcicmd of tests/emulators. The on-call person is simulated: it approves whatever waits "
            "for approval, one second after it appears, and the table records that it had to.",

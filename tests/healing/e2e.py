@@ -1,6 +1,6 @@
 """A whole Lifeline in the test process for the end-to-end healing tests: listener and dispatcher (the delivery
 harness), the real worker with every workflow and activity and the real engine adapters, the flow monitor run
-from the test every ~2 s, and the REST API over the same PostgreSQL and Temporal."""
+from the test every `monitor.interval` (2 s in these tests), and the REST API over the same PostgreSQL and Temporal."""
 
 from __future__ import annotations
 
@@ -40,9 +40,8 @@ from workflows.contract import QUERY_STATE, CaseState, FlowMonitorInput, FlowMon
 
 log = logging.getLogger("tests.e2e")
 
-MONITOR_EVERY = 2.0
-# Detector thresholds as shipped; `interval` matches the loop's cadence (it sizes the baseline update gap and how
-# old engine history may be), the test starts the runs itself instead of the schedule.
+# Detector thresholds as shipped; the loop runs at `interval`, as the schedule would (it also sizes the baseline
+# update gap and how old engine history may be); the test starts the runs itself instead of the schedule.
 FAST_MONITOR = {"interval": "2s", "window": "5m"}
 
 
@@ -67,7 +66,7 @@ def e2e_config(dest_port: int, *, mode: str = "semi-auto", settle: str = "2s", o
 class MonitorLoop:
     """FlowMonitorWorkflow started directly every `every` seconds with the input the schedule would carry."""
 
-    def __init__(self, client: Client, task_queue: str, inp: FlowMonitorInput, every: float = MONITOR_EVERY) -> None:
+    def __init__(self, client: Client, task_queue: str, inp: FlowMonitorInput, every: float) -> None:
         self.client, self.task_queue, self.inp, self.every = client, task_queue, inp, every
         self.results: list[FlowMonitorResult] = []
         self.errors: list[BaseException] = []
@@ -183,7 +182,7 @@ async def lifeline(client: Client, pool: asyncpg.Pool, db_url: str, store_cipher
         sla=SlaActivities(pool, config, client, task_queue, http),
         approvals=ApprovalActivities(pool, TEST_JWT_SECRET))
     worker_task = asyncio.create_task(worker.run())
-    monitor = MonitorLoop(client, task_queue, monitor_input(config, settings))
+    monitor = MonitorLoop(client, task_queue, monitor_input(config, settings), config.monitor.interval.total_seconds())
     address = client.service_client.config.target_host
     try:
         async with api_client(db_url, address, task_queue, config) as api:

@@ -121,7 +121,7 @@ async def test_schedule_is_created_once_and_updated_idempotently(
     assert len(ids) <= 1
     handle = temporal_client.get_schedule_handle(MONITOR_SCHEDULE_ID)
     desc = await handle.describe()
-    assert desc.schedule.spec.intervals == [ScheduleIntervalSpec(every=timedelta(seconds=15))]
+    assert desc.schedule.spec.intervals == [ScheduleIntervalSpec(every=timedelta(seconds=5))]
     assert desc.schedule.policy.overlap.name == "SKIP"
     action = desc.schedule.action
     assert action.workflow == "FlowMonitorWorkflow" and action.task_queue == task_queue  # type: ignore[attr-defined]

@@ -220,7 +220,7 @@ def test_reject_signature() -> None:
 
 
 def test_empty_config_snapshot_shape() -> None:
-    assert LifelineConfig().monitor.interval.total_seconds() == 15
+    assert LifelineConfig().monitor.interval.total_seconds() == 5
 
 
 async def test_shared_adapters_by_engine_name(pool: asyncpg.Pool) -> None:
