@@ -75,6 +75,9 @@ PATCH_HOLD_OPEN_EVERY_RECURRENCE = "hold-open-every-recurrence"
 PATCH_FLAP_HOLD = "case-flapping-hold"
 # During a cool-down, evidence counts as a recurrence only if the verification measured since the fix fails.
 PATCH_RECURRENCE_SINCE_FIX = "case-recurrence-since-fix"
+# hold_breaker is verified by the delivery that went through while the hold stood (no further settle window, in
+# which a flapping peer's next outage would fail it).
+PATCH_HOLD_VERIFIED_BY_DELIVERY = "hold-verified-by-delivery"
 
 
 def org_attribute(org: str, *more: SearchAttributePair[str]) -> TypedSearchAttributes:

@@ -143,12 +143,16 @@ class HoldFakes(Fakes):
     """run_action: hold_breaker resumes delivery unless `peer_gone`; everything else changes nothing."""
 
     peer_gone = False
+    down_after_hold = False  # the peer's next outage begins right after the delivery that went through under the hold
 
     @activity.defn(name="run_action")
     async def run_action(self, inp: ActionInput) -> ActionResult:
         self.actions.append(inp.action)
         if inp.action in self.fixes:
             self.fixed = True
+        if inp.action == "hold_breaker" and self.down_after_hold:
+            self.fixed = False
+            return ActionResult(inp.action, True, "breaker held; delivery resumed (1 delivered)", 1)
         if inp.action == "hold_breaker" and not self.peer_gone:
             self.fixed = True
             return ActionResult(inp.action, True, "breaker held; delivery resumed")
@@ -207,6 +211,28 @@ async def test_flapping_peer_keeps_its_held_breaker_without_spending_attempts(
     assert state is not None
     assert state.attempts[-1]["action"] == "hold_breaker" and state.attempts[-1]["outcome"] == "failed"
     await handle.terminate("test over")  # it would stay open through its cool-down
+
+
+async def test_a_delivery_under_the_hold_verifies_it_even_if_the_peer_goes_down_again_at_once(
+        rig: tuple[Client, HoldFakes, str]) -> None:
+    """The flapping race: the hold's delivery went through, then the peer's next outage began before a settle window
+    would have ended. The delivery is the verification; the next outage is the cool-down's business (renew)."""
+    client, fakes, tq = rig
+    fakes.diagnosis = Diagnosis("refused", "down", 0.9, actions=proposed("hold_breaker", "replay_dead_letters",
+                                                                         destination="lab"))
+    fakes.down_after_hold = True
+    subj = f"destination:lab{uuid.uuid4().hex[:6]}"
+    ev = Evidence("destination_down", subj, "2024-01-01T00:00:00+00:00", "3 connection failures", {}, "refused")
+    handle: Any = await client.start_workflow(
+        RemediationCaseWorkflow.run, CaseInput("destination_down", subj, mode="full-auto", settle_s=30.0,
+                                               cooldown_s=300.0),
+        id=case_workflow_id("default", "destination_down", subj), task_queue=tq,
+        start_signal=SIGNAL_EVIDENCE, start_signal_args=[ev])
+    state = await until(handle, lambda s: s.stage == "cooling_down")
+    assert [(a["action"], a["outcome"]) for a in state.attempts] == [("hold_breaker", "verified")]
+    assert "1 delivered while the breaker hold stood" in state.attempts[0]["detail"]
+    assert fakes.actions == ["hold_breaker"]  # no second action: nothing failed
+    await handle.terminate("test over")
 
 
 async def test_evidence_from_before_the_fix_still_in_the_window_is_not_a_recurrence(
