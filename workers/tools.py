@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import signal
 import ssl
 import sys
 import time
@@ -378,22 +379,27 @@ class DemoStats:
 
 async def run_demo(target: tuple[str, int], receiver: DemoReceiver, stats: DemoStats, *, rate: float,
                    count: int, report_every: float = 10.0, drain: float = 10.0, out: TextIO | None = None,
-                   stream: DemoStream | None = None) -> None:
-    """Send ``count`` messages (0: until cancelled) at ``rate`` per second to the channel at ``target``."""
+                   stream: DemoStream | None = None, stop: asyncio.Event | None = None) -> None:
+    """Send ``count`` messages (0: until cancelled or ``stop`` is set) at ``rate`` per second to the channel at
+    ``target``."""
     out = out or sys.stdout
     stream = stream or DemoStream()
     client = MllpClient(*target, timeout=30.0)
     loop = asyncio.get_running_loop()
     start = last_report = loop.time()
     next_at = start
+    stop = stop or asyncio.Event()
     try:
-        while count == 0 or stats.sent < count:
+        while (count == 0 or stats.sent < count) and not stop.is_set():
             now = loop.time()
             if now - last_report >= report_every:
                 print(stats.line(receiver, now - start), file=out, flush=True)
                 last_report = now
             if next_at > now:
-                await asyncio.sleep(next_at - now)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), next_at - now)
+                if stop.is_set():
+                    break
             next_at = max(next_at + 1.0 / rate, loop.time() - 1.0)  # no burst after a stall
             try:
                 outcome = await client.send(stream.next())
@@ -406,7 +412,7 @@ async def run_demo(target: tuple[str, int], receiver: DemoReceiver, stats: DemoS
             stats.sent += 1
             stats.acks[outcome.code or "no-ack"] += 1
         # Give the engine time to deliver what was accepted before the final summary.
-        deadline = loop.time() + drain
+        deadline = loop.time() + (0.0 if stop.is_set() else drain)
         while receiver.received < stats.acks["AA"] + stats.acks["CA"] and loop.time() < deadline:
             await asyncio.sleep(0.2)
     finally:
@@ -450,14 +456,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"demo: downstream receiver on 127.0.0.1:{port}; sending {args.rate:g} msg/s to "
               f"{target[0]}:{target[1]}" + (f", {args.count} messages" if args.count else ", Ctrl-C to stop"),
               flush=True)
+        # Ctrl-C sets an event the send loop checks, rather than cancelling the task: on Python 3.11 a cancel that
+        # lands while asyncio.wait_for's inner future completes can be swallowed, and the demo then never stops.
+        loop = asyncio.get_running_loop()
+        handled = True
+        try:
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread: Ctrl-C stays the default
+            handled = False
         try:
             await run_demo(target, receiver, stats, rate=args.rate, count=args.count, drain=args.drain,
-                           report_every=args.report_every, stream=DemoStream(seed=args.seed))
+                           report_every=args.report_every, stream=DemoStream(seed=args.seed), stop=stop)
         finally:
+            if handled:
+                loop.remove_signal_handler(signal.SIGINT)
             await receiver.close()
+        if stop.is_set():
+            print(f"demo stopped after {time.monotonic() - started:.0f}s", flush=True)
         return 0
 
     started = time.monotonic()
+    stop = asyncio.Event()
     try:
         return asyncio.run(main())
     except KeyboardInterrupt:

@@ -322,10 +322,10 @@ async def test_codec_endpoints_round_trip_decode_history_and_guard_access(
     async with running(engine):
         assert await send_mllp(engine.mllp_port, [adt("CODEC1", "MRNC1")]) == ["AA"]
         await wait_for(lambda: len(peer.received) == 1, timeout=20)
+        message_id = await pool.fetchval("select id from messages where control_id = 'CODEC1'")
+        wf_id = delivery_workflow_id(message_id, "lab")
+        await closed_workflow(temporal_client, wf_id)  # closing takes one more workflow task: the worker must run
     await peer.stop()
-    message_id = await pool.fetchval("select id from messages where control_id = 'CODEC1'")
-    wf_id = delivery_workflow_id(message_id, "lab")
-    await closed_workflow(temporal_client, wf_id)
     plain = await Client.connect(address)  # no codec: the raw, sealed payloads
     history = await plain.get_workflow_handle(wf_id).fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes

@@ -196,10 +196,10 @@ async def test_temporal_cli_shows_no_phi_and_decodes_with_the_codec_endpoint(
     async with running(engine):
         assert await send_mllp(engine.mllp_port, [adt("CLI1", mrn, name=name)]) == ["AA"]
         await wait_for(lambda: len(peer.received) == 1, timeout=20)
+        message_id = await pool.fetchval("select id from messages where control_id = 'CLI1'")
+        wf_id = delivery_workflow_id(message_id, "lab")
+        await closed_workflow(temporal_client, wf_id)  # closing takes one more workflow task: the worker must run
     await peer.stop()
-    message_id = await pool.fetchval("select id from messages where control_id = 'CLI1'")
-    wf_id = delivery_workflow_id(message_id, "lab")
-    await closed_workflow(temporal_client, wf_id)
     address = temporal_env.client.service_client.config.target_host
 
     plain = await asyncio.to_thread(_temporal_show, address, wf_id)

@@ -46,12 +46,15 @@ async def test_history_holds_no_phi_without_the_codec(
                 "select count(*) from deliveries where status in ('delivered', 'dead_lettered')")) == 2
 
         await wait_for(settled, timeout=20)
+        ids = {r["control_id"]: r["id"] for r in await pool.fetch("select id, control_id from messages")}
+        # The store records the outcome inside the last activity; the workflow closes on its next task, which needs
+        # the worker: wait for both to close before stopping the engine.
+        for control in ("PHI1", "PHI2"):
+            await closed_workflow(temporal_client, delivery_workflow_id(ids[control], "lab"))
     await peer.stop()
-    ids = {r["control_id"]: r["id"] for r in await pool.fetch("select id, control_id from messages")}
     plain = await Client.connect(address(temporal_env))  # no codec: what an operator of Temporal sees
     for control in ("PHI1", "PHI2"):
         wf_id = delivery_workflow_id(ids[control], "lab")
-        await closed_workflow(temporal_client, wf_id)
         history = await plain.get_workflow_handle(wf_id).fetch_history()
         raw = History(events=history.events).SerializeToString()
         as_json = history.to_json()
