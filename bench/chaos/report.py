@@ -25,7 +25,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"Machine: {load['nproc']} cores shared with other work; load average at start {load['loadavg_at_start']}, "
         f"at end {load['loadavg_at_end']}.", "",
         f"**{'PASS' if r['ok'] else 'FAIL'}**: {t['acked']} messages ACKed (AA), {t['delivered']} delivered, "
-        f"**{t['lost']} lost**, {t['duplicates']} duplicates at the peers, **{t['order_violations']} order "
+        f"**{t['lost']} lost**, {t['duplicates']} duplicates at the peers "
+        f"({len(t.get('unexplained_duplicates', []))} not explained by a worker kill), **{t['order_violations']} order "
         f"violations**; {t['kills']} kills -9 ({', '.join(f'{v} ×{n}' for v, n in t['kills_by_victim'].items())}); "
         f"{t['ae_answers']} AE answers and {t['resends']} resends by the senders while servers were away. "
         f"{drain_note}Stream {r['stream_seconds']} s, everything delivered {r['drained_seconds']} s after the first"

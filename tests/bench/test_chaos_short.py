@@ -20,9 +20,9 @@ async def test_chaos_short_run_loses_nothing_and_keeps_order() -> None:
     assert t["lost"] == 0, render_markdown(report)
     assert t["order_violations"] == 0, render_markdown(report)
     assert t["unexpected"] == []
-    # At-least-once: a repeat only when a killed worker had sent but not yet recorded a delivery.
-    for k in report["kills"]:
-        if k["victim"] != "worker":
-            assert k["duplicates"] == 0, render_markdown(report)
+    # At-least-once: a repeat only of a message in flight (ACKed, not yet finally received) when a worker was killed:
+    # it had sent but not yet recorded the delivery. The per-window counts attribute a repeat to the window its
+    # message was ACKed in, which under a backlog is often before the worker's kill.
+    assert t["unexplained_duplicates"] == [], render_markdown(report)
     assert all(k["back_s"] is not None for k in report["kills"])
     assert "| postgres |" in render_markdown(report)
