@@ -40,7 +40,6 @@ from workflows.contract import ERR_ADDRESS_REFUSED, ERR_EVENT_EXPIRED, WEBHOOK_R
 
 log = logging.getLogger("lifeline.webhooks")
 ADMIT_BATCH = 500  # events moved into a subscription's queue per transaction
-_LOCK_CLASS = 0x57EB  # advisory lock namespace of webhook subscriptions: (class, hashtext(subscription id))
 
 
 class WebhookDrainer:
@@ -113,11 +112,11 @@ class WebhookDrainer:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
                 del self._tasks[sid]
-                await conn.execute("select pg_advisory_unlock($1, hashtext($2))", _LOCK_CLASS, sid)
+                await store.release_drainer(conn, sid)
         for sid, org in wanted.items():
             if sid in self._tasks:
                 continue
-            if await conn.fetchval("select pg_try_advisory_lock($1, hashtext($2))", _LOCK_CLASS, sid):
+            if await store.try_lock_drainer(conn, sid):
                 self._tasks[sid] = asyncio.create_task(self._drain(org, sid, stop), name=f"webhook:{sid}")
 
     async def _cancel_all(self) -> None:

@@ -15,6 +15,8 @@ from infra.store import org_tx, system_tx
 from infra.store.events import EVENT_COLS, type_pattern
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from infra.store import Db
 
 SUB_COLS = ("id, url, description, events, channels, destinations, message_types, enabled, max_attempts,"
@@ -237,3 +239,17 @@ async def event_for_test(db: Db, org_id: str) -> dict[str, Any] | None:
         row = await c.fetchrow(f"select {EVENT_COLS} from events where org_id = $1 order by id desc limit 1",
                                org_id)
     return dict(row) if row is not None else None
+
+
+_DRAINER_LOCK_CLASS = 0x57EB  # advisory lock namespace of webhook subscriptions: (class, hashtext(subscription id))
+
+
+async def try_lock_drainer(conn: asyncpg.Connection, sub_id: str) -> bool:
+    """Become the subscription's only drainer across processes: a session advisory lock on a dedicated connection,
+    held until release_drainer or until the connection ends (PostgreSQL frees it when the process dies)."""
+    return bool(await conn.fetchval("select pg_try_advisory_lock($1, hashtext($2))", _DRAINER_LOCK_CLASS, sub_id))
+
+
+async def release_drainer(conn: asyncpg.Connection, sub_id: str) -> None:
+    """Give up draining the subscription (another process may take it)."""
+    await conn.execute("select pg_advisory_unlock($1, hashtext($2))", _DRAINER_LOCK_CLASS, sub_id)
