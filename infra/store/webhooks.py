@@ -108,23 +108,25 @@ async def admit(db: Db, org_id: str, sub_id: str, batch: int = 500) -> int:
             return 0
         horizon = await c.fetchval("select pg_snapshot_xmin(pg_current_snapshot())::text")
         rows = await c.fetch(
-            "select id, type, xid::text as xid from events where org_id = $1 and xid < $2::text::xid8"
-            " and (xid, id) > ($3::text::xid8, $4::bigint) and type like any($5::text[])"
-            " and (cardinality($6::text[]) = 0 or channel = any($6::text[]))"
-            " and (cardinality($7::text[]) = 0 or destination = any($7::text[]))"
-            " and (cardinality($8::text[]) = 0 or message_type like any($8::text[]))"
-            " order by xid, id limit $9",
+            # The cast xid gets its own name: `order by xid` would otherwise sort the text alias ('1001' < '969'),
+            # and the cursor would land on the wrong event once transaction ids change their number of digits.
+            "select e.id, e.type, e.xid::text as xid_text from events e where e.org_id = $1 and e.xid < $2::text::xid8"
+            " and (e.xid, e.id) > ($3::text::xid8, $4::bigint) and e.type like any($5::text[])"
+            " and (cardinality($6::text[]) = 0 or e.channel = any($6::text[]))"
+            " and (cardinality($7::text[]) = 0 or e.destination = any($7::text[]))"
+            " and (cardinality($8::text[]) = 0 or e.message_type like any($8::text[]))"
+            " order by e.xid, e.id limit $9",
             org_id, horizon, sub["cursor_xid"], sub["cursor_id"], [type_pattern(t) for t in sub["events"]],
             sub["channels"], sub["destinations"], [glob_pattern(m) for m in sub["message_types"]], batch)
         new_cursor: tuple[Any, Any] | None
         if len(rows) == batch:
-            new_cursor = (rows[-1]["xid"], rows[-1]["id"])
+            new_cursor = (rows[-1]["xid_text"], rows[-1]["id"])
         else:
             last = await c.fetchrow(
-                "select xid::text as xid, id from events where org_id = $1 and xid < $2::text::xid8"
-                " and (xid, id) > ($3::text::xid8, $4::bigint) order by xid desc, id desc limit 1",
+                "select e.xid::text as xid_text, e.id from events e where e.org_id = $1 and e.xid < $2::text::xid8"
+                " and (e.xid, e.id) > ($3::text::xid8, $4::bigint) order by e.xid desc, e.id desc limit 1",
                 org_id, horizon, sub["cursor_xid"], sub["cursor_id"])
-            new_cursor = (last["xid"], last["id"]) if last is not None else None
+            new_cursor = (last["xid_text"], last["id"]) if last is not None else None
         seq = int(sub["last_seq"])
         if rows:
             await c.executemany(

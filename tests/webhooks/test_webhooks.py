@@ -288,3 +288,33 @@ async def test_filters_select_by_channel_destination_and_message_type(db_url: st
     assert [(r["seq"], r["type"], r["message_type"]) for r in got] == [
         (1, "delivery.delivered", "ADT^A08"), (2, "delivery.dead_lettered", "ADT^A01")]
     assert await store.admit(pool, "default", sub["id"]) == 0  # the cursor moved past what it skipped too
+
+
+async def test_admission_follows_transaction_order_across_a_change_in_the_number_of_digits(
+        db_url: str, pool: asyncpg.Pool) -> None:
+    """Transaction ids 8, 9, 10, 99, 100, 101: sorted as text they go 10, 100, 101, 8, 9, 99. Admission must
+    queue them in numeric order and leave its cursor on the highest, so nothing is queued twice — once the cluster's
+    transaction ids passed 999 the drainer had sent later events before earlier ones and then sent them again."""
+    from infra.store import webhooks as store
+
+    async with api(db_url, allow=["127.0.0.1/32"]) as c:
+        sub = await subscribe(c, "http://127.0.0.1:9/h")
+    await pool.execute("update webhook_subscriptions set cursor_xid = '1'::xid8 where id = $1", sub["id"])
+    xids = [101, 99, 10, 8, 9, 100]  # below any live id (finished); inserted out of order, like the log's ids
+    for x in xids:
+        await pool.execute("insert into events (org_id, type, xid, subject) values ('default', 'config.changed',"
+                           " $1::text::xid8, $1)", str(x))
+
+    async def queued() -> list[tuple[int, str]]:
+        rows = await pool.fetch("select d.seq, e.subject from webhook_deliveries d join events e on e.id = d.event_id"
+                                " where d.subscription_id = $1 order by d.seq", sub["id"])
+        return [(r["seq"], r["subject"]) for r in rows]
+
+    in_order = [str(x) for x in sorted(xids)]
+    assert await store.admit(pool, "default", sub["id"], batch=4) == 4  # a full batch: the cursor is its last row
+    assert await store.admit(pool, "default", sub["id"], batch=4) == 2  # the rest: the cursor is the log's last
+    assert await store.admit(pool, "default", sub["id"], batch=4) == 0
+    assert await queued() == list(enumerate(in_order, start=1))
+    cursor = await pool.fetchrow("select cursor_xid::text as x, last_seq from webhook_subscriptions where id = $1",
+                                 sub["id"])
+    assert cursor is not None and (cursor["x"], cursor["last_seq"]) == ("101", 6)

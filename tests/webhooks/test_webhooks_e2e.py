@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import asyncpg
-import pytest
 from temporalio.client import Client
 
 from infra.crypto import Cipher
@@ -19,9 +18,6 @@ from tests.webhooks.conftest import Receiver, api, draining, verify
 from workflows.contract import case_workflow_id
 
 
-@pytest.mark.xfail(strict=False, reason="passes alone; when run after the other tests of tests/webhooks in one"
-                   " session it failed 2 of 3 runs waiting for the events (10:05 UTC, load 2): not yet explained,"
-                   " see the issue 11 closing note")
 async def test_delivery_and_case_events_survive_a_receiver_outage(
         temporal_client: Client, task_queue: str, pool: asyncpg.Pool, db_url: str, store_cipher: Cipher) -> None:
     port = free_port()  # the MLLP destination is down at first: deliveries retry, a case opens
@@ -65,12 +61,9 @@ async def test_delivery_and_case_events_survive_a_receiver_outage(
     assert all(verify(sub["secret"], h) for h in receiver.hits)
     types = [e["type"] for e in got]
     assert types.count("message.received") == 5 and types.count("delivery.delivered") == 5
-    inverted = []
-    for mid in {e["data"]["message_id"] for e in got if e["type"] == "message.received"}:
+    for mid in {e["data"]["message_id"] for e in got if e["type"] == "message.received"}:  # causal order kept
         of_message = [e["type"] for e in got if e["data"].get("message_id") == mid]
-        if of_message.index("message.received") > of_message.index("delivery.delivered"):
-            inverted.append([dict(r) for r in await pool.fetch(
-                "select id, type, xid::text, occurred_at from events where subject = $1 order by id", mid)])
+        assert of_message.index("message.received") < of_message.index("delivery.delivered"), of_message
     case_events = [e for e in got if e["type"].startswith("case.")]
     assert [e["type"] for e in case_events] == ["case.opened", "case.resolved"]
     assert {e["subject"] for e in case_events} == {case_id}
@@ -80,8 +73,3 @@ async def test_delivery_and_case_events_survive_a_receiver_outage(
     # Ids, never content: no patient identifier or name reaches the subscriber.
     text = json.dumps(got)
     assert "MRNWH" not in text and "DOE" not in text and "JANE" not in text
-    if inverted:
-        # Seen once in ~8 runs on a machine at load 12 (sequence numbers gap-free, so it was the admission order):
-        # a message's delivery.delivered sent before its message.received. Not understood yet; kept visible here
-        # with the events' xids instead of failing the suite (issue 11 closing note).
-        pytest.xfail(f"causal order inverted for {len(inverted)} message(s): {inverted}")
