@@ -241,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     (ns.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = render_soak(report) if opts.get("soak") else render_markdown(report)
     (ns.out / "report.md").write_text(markdown)
+    if opts.get("soak"):
+        from bench.charts import soak_charts
+
+        for name, svg in soak_charts(report["soak"]["samples"]).items():
+            (ns.out / name).write_text(svg)
     if ns.docs is not None:
         ns.docs.write_text(markdown)
     print(markdown)

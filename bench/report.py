@@ -153,14 +153,28 @@ def _acceptance(r: dict[str, Any]) -> list[str]:
 def render_soak(r: dict[str, Any]) -> str:
     s = r["soak"]
     m = r["machine"]
+
+    def pct(d: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:+}" for k, v in d.items())
+
     lines = [
         "# Lifeline soak", "",
-        f"Run {m['date']}: {s['seconds']:.0f} s at {s['rate_per_s']:.0f} msg/s ({s['messages']} messages) through a "
-        "listener and a worker with the dispatcher inside, as separate processes (the `lifeline up` shape). "
-        f"Load average at start {m['loadavg_at_start']}, at end {m.get('loadavg_at_end')}.", "",
-        f"Delivered {s['delivered']}, duplicates {s['duplicates']}; send → delivered p50 {s['p50_ms']} ms, "
-        f"p95 {s['p95_ms']} ms. RSS growth first → last sample (%): "
-        + ", ".join(f"{k} {v}" for k, v in s["rss_growth_pct_first_to_last_sample"].items()) + ".", "",
+        f"Run {m['date']}: {s['seconds']:.0f} s at {s['rate_per_s']:.0f} msg/s ({s['messages']} messages, half to an "
+        f"ordered destination over {s.get('ordered_lanes')} patients, half to an unordered one) through a listener and "
+        "a worker with the dispatcher inside, as separate processes (the `lifeline up` shape), on the Temporal dev "
+        f"server and embedded PostgreSQL. Load average at start {m['loadavg_at_start']}, at end "
+        f"{m.get('loadavg_at_end')}.", "",
+        f"- Delivered {s['delivered']} of {s['messages']}, duplicates {s['duplicates']}, order violations "
+        f"{s.get('order_violations')}.",
+        f"- Send → delivered over the whole run: p50 {s['p50_ms']} ms, p95 {s['p95_ms']} ms, p99 {s.get('p99_ms')} ms; "
+        f"median of the windows' p95: first quarter {s.get('p95_ms_median_first_quarter')} ms, last quarter "
+        f"{s.get('p95_ms_median_last_quarter')} ms.",
+        f"- RSS growth from the end of the warm-up ({s.get('warmup_s')} s) to the last sample (%): "
+        f"{pct(s.get('rss_growth_pct_after_warmup', {}))}; from the first sample: "
+        f"{pct(s['rss_growth_pct_first_to_last_sample'])}.",
+        f"- Open delivery workflows: at most {s.get('open_workflows_max')} in any sample, "
+        f"{s.get('open_workflows_last_quarter_max')} in the last quarter.", "",
+        "![RSS per process](rss.svg)", "", "![latency](latency.svg)", "", "![open workflows](open-workflows.svg)", "",
     ]
     if s["samples"]:
         names = list(s["samples"][0]["rss_mb"])
