@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -18,13 +17,13 @@ from typing import Any
 
 import asyncpg
 import httpx
-from hl7.mllp import start_hl7_server
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.delivery import DeliveryActivities
 from activities.mllp import MllpSender
 from bench import ceiling
+from bench.peers import ClosingPeer, RecordingPeer
 from bench.stack import Rig, store_cipher
 from infra.config import LifelineConfig, validate_config
 from infra.db import create_pool
@@ -114,41 +113,6 @@ def cpu_used(rig: Rig, before: dict[str, float], seconds: float, items: int) -> 
 
 
 # -- the downstream peer and the senders ------------------------------------------------------------------------
-
-@dataclass
-class TimedPeer:
-    """A python-hl7 asyncio MLLP server answering AA and noting when each control id arrived."""
-
-    received: dict[str, float] = field(default_factory=dict)
-    duplicates: int = 0
-    server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        async def handle(reader: Any, writer: Any) -> None:
-            try:
-                while not writer.is_closing():
-                    msg = await reader.readmessage()
-                    control = str(msg.segment("MSH")[10])
-                    if control in self.received:
-                        self.duplicates += 1
-                    else:
-                        self.received[control] = time.monotonic()
-                    writer.writemessage(msg.create_ack("AA"))
-                    await writer.drain()
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            finally:
-                writer.close()
-
-        self.server = await start_hl7_server(handle, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 5)
-
 
 class MllpClient:
     """One sending connection (an EHR interface): send, wait for the ACK, send the next."""
@@ -251,8 +215,8 @@ class Engine:
 
 
 @contextlib.asynccontextmanager
-async def engine_running(rig: Rig, *, ordered: bool, fast: bool = True) -> AsyncIterator[tuple[Engine, TimedPeer]]:
-    peer = TimedPeer()
+async def engine_running(rig: Rig, *, ordered: bool, fast: bool = True) -> AsyncIterator[tuple[Engine, RecordingPeer]]:
+    peer = RecordingPeer()
     port = await peer.start()
     engine = Engine(rig, await rig.new_database(), engine_config(port, ordered=ordered), fast=fast)
     await engine.start()
@@ -261,37 +225,6 @@ async def engine_running(rig: Rig, *, ordered: bool, fast: bool = True) -> Async
     finally:
         await engine.stop()
         await peer.stop()
-
-
-class ClosingPeer:
-    """hl7apy's threaded MLLPServer: one message per connection, closed right after the ACK."""
-
-    def __init__(self) -> None:
-        self.received: list[str] = []
-        self._lock = threading.Lock()
-        self._server: Any = None
-
-    def start(self) -> int:
-        import hl7
-        from hl7apy.mllp import AbstractHandler, MLLPServer
-
-        peer = self
-
-        class AckHandler(AbstractHandler):  # type: ignore[misc]
-            def reply(self) -> str:
-                msg = hl7.parse(self.incoming_message)
-                with peer._lock:
-                    peer.received.append(str(msg.segment("MSH")[10]))
-                return "\x0b" + str(msg.create_ack("AA")) + "\x1c\r"
-
-        self._server = MLLPServer("127.0.0.1", 0, {"ADT^A08^ADT_A01": (AckHandler,)})
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return int(self._server.server_address[1])
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
 
 
 async def measure_closing_peer(rig: Rig, runs: int, n: int, connections: int = 10) -> dict[str, Any]:
@@ -326,8 +259,8 @@ async def measure_steady(rig: Rig, *, rate: float, seconds: float, connections: 
     async with engine_running(rig, ordered=False) as (engine, peer):
         sent_at: dict[str, float] = {}
         acks, late = await _send_steady(engine.port, rate, seconds, connections, sent_at)
-        drained = await wait_until(lambda: len(peer.received) >= len(sent_at), timeout=120)
-        e2e = [peer.received[c] - t for c, t in sent_at.items() if c in peer.received]
+        drained = await wait_until(lambda: len(peer.at) >= len(sent_at), timeout=120)
+        e2e = [peer.at[c] - t for c, t in sent_at.items() if c in peer.at]
     return {"rate_per_s": rate, "seconds": seconds, "connections": connections, "messages": len(acks),
             "late_sends": late, "ack_ms": percentiles(acks), "send_to_delivered_ms": percentiles(e2e),
             "all_delivered": drained, "duplicates_at_peer": peer.duplicates}
@@ -434,9 +367,9 @@ async def measure_delivery(rig: Rig, n: int, connections: int, *, ordered: bool,
         wall0, t0, cpu0 = time.time(), time.monotonic(), rig.cpu_seconds()
         acks = await send_closed_loop(engine.port, n, connections, "D", patients=patients)
         acked_s = time.monotonic() - t0
-        if not await wait_until(lambda: len(peer.received) >= n, timeout=max(180.0, n / 2)):
-            raise RuntimeError(f"delivery: only {len(peer.received)} of {n} messages reached the peer")
-        delivered_s = max(peer.received.values()) - t0
+        if not await wait_until(lambda: len(peer.at) >= n, timeout=max(180.0, n / 2)):
+            raise RuntimeError(f"delivery: only {len(peer.at)} of {n} messages reached the peer")
+        delivered_s = max(peer.at.values()) - t0
         cpu = cpu_used(rig, cpu0, time.monotonic() - t0, n)
         last_close = await closed_by(rig.client, engine.task_queue, n, timeout=120)
         stages = await _stages(engine.db_url, wall0)
@@ -495,9 +428,9 @@ async def measure_latency(rig: Rig, *, rate: float, seconds: float, burst: int, 
     async with engine_running(rig, ordered=False) as (engine, peer):
         sent_at: dict[str, float] = {}
         acks, late = await _send_steady(engine.port, rate, seconds, steady_connections, sent_at)
-        delivered_while_sending = len(peer.received)
-        drained = await wait_until(lambda: len(peer.received) >= len(sent_at), timeout=120)
-        e2e = [peer.received[c] - t for c, t in sent_at.items() if c in peer.received]
+        delivered_while_sending = len(peer.at)
+        drained = await wait_until(lambda: len(peer.at) >= len(sent_at), timeout=120)
+        e2e = [peer.at[c] - t for c, t in sent_at.items() if c in peer.at]
         steady = {
             "rate_per_s": rate, "seconds": seconds, "connections": steady_connections, "messages": len(acks),
             "late_sends": late, "ack_ms": percentiles(acks),
@@ -510,6 +443,6 @@ async def measure_latency(rig: Rig, *, rate: float, seconds: float, burst: int, 
         burst_out = {
             "messages": burst, "connections": burst_connections, "seconds": round(elapsed, 2),
             "acked_per_s": round(burst / elapsed, 1), "ack_ms": percentiles(burst_acks),
-            "delivered_during_burst": sum(1 for c in peer.received if c.startswith("B")),
+            "delivered_during_burst": sum(1 for c in peer.at if c.startswith("B")),
         }
     return {"steady": steady, "burst": burst_out}

@@ -8,7 +8,6 @@ Used by `python -m bench --scaleout N` (10,000 messages) and by tests/delivery/t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -20,8 +19,8 @@ from typing import IO, Any
 
 import psutil
 import yaml
-from hl7.mllp import start_hl7_server
 
+from bench.peers import RecordingPeer
 from infra.devstack import free_port
 from interop.mllp import FrameDecoder, encode
 
@@ -36,39 +35,6 @@ def adt(control_id: str, mrn: str, app: str) -> str:
         f"PID|1||{mrn}^^^GENHOSP^MR||DOE^JANE||19800101|F",
         "PV1|1|I|WARD^1^1",
     ])
-
-
-@dataclass
-class RecordingPeer:
-    """A python-hl7 asyncio MLLP server answering AA, keeping every arrival in order: (control id, patient)."""
-
-    arrivals: list[tuple[str, str]] = field(default_factory=list)
-    at: dict[str, float] = field(default_factory=dict)  # control id -> monotonic arrival time (first)
-    server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        async def handle(reader: Any, writer: Any) -> None:
-            try:
-                while not writer.is_closing():
-                    msg = await reader.readmessage()
-                    control = str(msg.segment("MSH")[10])
-                    self.arrivals.append((control, str(msg.segment("PID")[3][0][0])))
-                    self.at.setdefault(control, time.monotonic())
-                    writer.writemessage(msg.create_ack("AA"))
-                    await writer.drain()
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            finally:
-                writer.close()
-
-        self.server = await start_hl7_server(handle, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 5)
 
 
 @dataclass

@@ -18,7 +18,8 @@ from typing import Any
 
 import psutil
 
-from bench.scaleout import Cluster, RecordingPeer, adt, process_env
+from bench.peers import RecordingPeer
+from bench.scaleout import Cluster, adt, process_env
 from interop.mllp import FrameDecoder, encode
 
 PATIENTS = 500

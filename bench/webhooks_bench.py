@@ -27,7 +27,8 @@ from typing import Any
 import httpx
 
 from activities.subscriptions import EventLinks, seal_secret
-from bench.engine_bench import Engine, TimedPeer, engine_config, send_closed_loop, wait_until
+from bench.engine_bench import Engine, engine_config, send_closed_loop, wait_until
+from bench.peers import RecordingPeer
 from bench.stack import Rig, started, store_cipher
 from infra.devstack import free_port
 from infra.ssrf import Guard
@@ -74,7 +75,7 @@ async def count(port: int) -> int:
 
 
 async def one(rig: Rig, n: int, subs: int, connections: int, receiver_port: int) -> dict[str, Any]:
-    peer = TimedPeer()
+    peer = RecordingPeer()
     peer_port = await peer.start()
     engine = Engine(rig, await rig.new_database(), engine_config(peer_port, ordered=False))
     await engine.start()
@@ -99,9 +100,9 @@ async def one(rig: Rig, n: int, subs: int, connections: int, receiver_port: int)
         posts0, received0 = await counts(receiver_port)
         t0, cpu0 = time.monotonic(), rig.cpu_seconds()
         await send_closed_loop(engine.port, n, connections, "W")
-        if not await wait_until(lambda: len(peer.received) >= n, timeout=max(180.0, n / 2)):
-            raise RuntimeError(f"only {len(peer.received)} of {n} messages reached the peer")
-        delivered_s = max(peer.received.values()) - t0
+        if not await wait_until(lambda: len(peer.at) >= n, timeout=max(180.0, n / 2)):
+            raise RuntimeError(f"only {len(peer.at)} of {n} messages reached the peer")
+        delivered_s = max(peer.at.values()) - t0
         mid = rig.cpu_seconds()
         cpu_delivery_ms = round(1000 * sum(mid[k] - cpu0[k] for k in mid) / n, 2)
         expected = 2 * n * max(subs, 0)  # message.received + delivery.delivered, to each subscription

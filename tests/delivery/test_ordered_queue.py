@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import httpx
-from hl7.mllp import start_hl7_server
 from temporalio.client import Client
 
 from activities.delivery import DeliveryActivities
 from activities.mllp import MllpSender
+from bench.peers import RecordingPeer
 from infra.config import validate_config
 from infra.crypto import Cipher
 from infra.db import create_pool
@@ -31,37 +29,6 @@ SATURATED = {"max_concurrent_activities": 2, "max_concurrent_local_activities": 
              "max_concurrent_workflow_tasks": 2}
 
 
-@dataclass
-class SlowPeer:
-    """A python-hl7 MLLP server answering AA after `delay` seconds; records control ids in arrival order."""
-
-    delay: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.received: list[str] = []
-        self.server: Any = None
-
-    async def start(self) -> int:
-        async def handle(reader: Any, writer: Any) -> None:
-            try:
-                while not writer.is_closing():
-                    msg = await reader.readmessage()
-                    await asyncio.sleep(self.delay)
-                    self.received.append(str(msg.segment("MSH")[10]))
-                    writer.writemessage(msg.create_ack("AA"))
-                    await writer.drain()
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            finally:
-                writer.close()
-
-        self.server = await start_hl7_server(handle, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        self.server.close()
-
-
 def test_settings_name_the_ordered_queue() -> None:
     s = Settings(task_queue="lifeline")
     assert s.ordered_task_queue == ordered_task_queue("lifeline") == "lifeline-ordered"
@@ -70,7 +37,7 @@ def test_settings_name_the_ordered_queue() -> None:
 
 async def test_an_ordered_lane_keeps_progressing_while_unordered_deliveries_saturate(
         pool: asyncpg.Pool, temporal_client: Client, store_cipher: Cipher, task_queue: str, db_url: str) -> None:
-    bulk, lab = SlowPeer(delay=3.0), SlowPeer()
+    bulk, lab = RecordingPeer(delay=3.0), RecordingPeer()
     bulk_port, lab_port = await bulk.start(), await lab.start()
     retry = {"initial_interval": "200ms", "backoff": 1.5, "maximum_interval": "1s", "maximum_attempts": 50}
     config = validate_config({
@@ -99,14 +66,14 @@ async def test_an_ordered_lane_keeps_progressing_while_unordered_deliveries_satu
             texts = [adt(f"OQ{i:03d}", "MRN1", seq=i) for i in range(N)]
             assert await send_mllp(listener.port, texts) == ["AA"] * N
             # Every ordered delivery arrives, in order, while most unordered ones still wait for a slot.
-            await wait_for(lambda: len(lab.received) == N, timeout=120, interval=0.2)
-            assert lab.received == [f"OQ{i:03d}" for i in range(N)]
-            assert len(bulk.received) < N, "the ordered lane finished only after the unordered backlog"
+            await wait_for(lambda: len(lab.controls) == N, timeout=120, interval=0.2)
+            assert lab.controls == [f"OQ{i:03d}" for i in range(N)]
+            assert len(bulk.controls) < N, "the ordered lane finished only after the unordered backlog"
             wid = await pool.fetchval("select d.workflow_id from deliveries d join messages m on m.id = d.message_id"
                                       " where d.destination = 'lab' and m.control_id = 'OQ000'")
             assert (await temporal_client.get_workflow_handle(wid).describe()).task_queue == ordered_tq
             # The unordered ones are not lost, only slower.
-            await wait_for(lambda: len(set(bulk.received)) == N, timeout=180, interval=0.5)
+            await wait_for(lambda: len(set(bulk.controls)) == N, timeout=180, interval=0.5)
     finally:
         stop.set()
         for t in tasks:
