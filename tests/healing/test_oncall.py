@@ -28,8 +28,8 @@ from activities.oncall import Links, Notifier
 from activities.remediation import RemediationActivities
 from activities.sla import SlaEvaluator
 from infra.config import LifelineConfig, validate_config
-from infra.crypto import Cipher, data_converter
-from infra.devstack import find_binary, free_port
+from infra.crypto import Cipher
+from infra.devstack import free_port
 from infra.store.notifications import for_subject
 from tests.delivery.harness import HttpHit, HttpPeer
 from tests.healing.fakes import Fakes, proposed
@@ -106,31 +106,20 @@ def environ(http_port: int) -> dict[str, str]:
 
 
 @pytest.fixture
-async def own_skip_env(cipher: Cipher) -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server of this test's own: the cases here wait out an hour-long approval and a cool-down by
-    skipping time, and on the session's shared server other tests' leftover workflows could hold time still (the
-    full suite hung here once while every test passed alone)."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=find_binary("temporal-test-server"), data_converter=data_converter(cipher))
-    yield env
-    await env.shutdown()
-
-
-@pytest.fixture
-async def rig(own_skip_env: WorkflowEnvironment, pool: asyncpg.Pool, mailbox: tuple[Mailbox, int],
+async def rig(skip_env: WorkflowEnvironment, pool: asyncpg.Pool, mailbox: tuple[Mailbox, int],
               receivers: tuple[Receivers, int]) -> AsyncIterator[tuple[Client, Fakes, str, Notifier]]:
     config = oncall_config(mailbox[1], receivers[1])
     notifier = Notifier(pool, config.oncall, links=LINKS, environ=environ(receivers[1]))
 
     async def provider() -> Client:
-        return own_skip_env.client
+        return skip_env.client
 
     rem = RemediationActivities(pool, provider, config, notifier=notifier)
-    fakes = Fakes(own_skip_env.client)
+    fakes = Fakes(skip_env.client)
     acts = [a for a in fakes.activities() if a != fakes.notify] + [rem.notify]
     tq = f"oncall-{uuid.uuid4().hex[:8]}"
-    async with Worker(own_skip_env.client, task_queue=tq, workflows=[RemediationCaseWorkflow], activities=acts):
-        yield own_skip_env.client, fakes, tq, notifier
+    async with Worker(skip_env.client, task_queue=tq, workflows=[RemediationCaseWorkflow], activities=acts):
+        yield skip_env.client, fakes, tq, notifier
 
 
 async def run_case(client: Client, tq: str, subject: str, **kw: Any) -> CaseState:
