@@ -173,7 +173,10 @@ def render_soak(r: dict[str, Any]) -> str:
         f"{pct(s.get('rss_growth_pct_after_warmup', {}))}; from the first sample: "
         f"{pct(s['rss_growth_pct_first_to_last_sample'])}.",
         f"- Open delivery workflows: at most {s.get('open_workflows_max')} in any sample, "
-        f"{s.get('open_workflows_last_quarter_max')} in the last quarter.", "",
+        f"{s.get('open_workflows_last_quarter_max')} in the last quarter.",
+        "- Memory columns: RSS of each Lifeline process; for the servers (temporal, postgres, with their child "
+        "processes) the sum of PSS where the run recorded it (runs before 2 December 2026, 14:50 UTC summed RSS, "
+        "which counts PostgreSQL's shared buffers once per backend).", "",
         "![RSS per process](rss.svg)", "", "![latency](latency.svg)", "", "![open workflows](open-workflows.svg)", "",
     ]
     if s["samples"]:

@@ -32,6 +32,13 @@ def _pct(values: list[float], p: int) -> float:
     return round(1000 * ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 1)
 
 
+def _pss(p: psutil.Process) -> int:
+    try:
+        return int(p.memory_full_info().pss)
+    except (psutil.Error, AttributeError):
+        return int(p.memory_info().rss)
+
+
 def _app(k: int) -> str:
     return "EPIC" if k % 2 == 0 else "LABSYS"  # scaleout's routes: EPIC -> ordered, LABSYS -> unordered
 
@@ -92,7 +99,9 @@ async def run_soak(database_url: str, temporal_address: str, keys: dict[str, str
                     if pid is not None:
                         try:
                             procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-                            rss[name] = round(sum(p.memory_info().rss for p in procs) / 2**20, 1)
+                            # PSS, not RSS: a server of several processes (PostgreSQL's backends) shares its
+                            # buffers, and a sum of RSS counts a shared page once per process that touched it.
+                            rss[name] = round(sum(_pss(p) for p in procs) / 2**20, 1)
                         except psutil.Error:
                             pass
                 running = None
@@ -128,7 +137,7 @@ def summarise(seconds: float, rate: float, total: int, sent_at: dict[str, float]
     for control, mrn in ordered.arrivals:
         lanes.setdefault(mrn, []).append(int(control[1:]))
     violations = sum(1 for seq in lanes.values() for a, b in zip(seq, seq[1:], strict=False) if b < a)
-    sending = [s for s in samples if s["t_s"] <= seconds]  # windows while messages were still being sent
+    sending = [s for s in samples if s["t_s"] <= seconds and s["in_window"]]  # windows with sends in them
     warm = next((s for s in sending if s["t_s"] >= min(300.0, seconds / 10)), sending[0] if sending else None)
     last = samples[-1] if samples else None
 
