@@ -90,21 +90,23 @@ def render_er7(message: Message, dest: Destination) -> str:
     return "\r".join([header, *(s.raw for s in message.segments[1:])])
 
 
-# Starts the next delivery of an ordered lane (org, destination, lane); True when the lane was dealt with.
-LaneHandoff = Callable[[str, str, str], Awaitable[bool]]
+# Starts what may start now that a delivery of (org, destination, lane) finished: the next of its ordered lane, or
+# (lane None) the next in its destination's unordered window; True when that was dealt with.
+Handoff = Callable[[str, str, str | None], Awaitable[bool]]
 
 
 class DeliveryActivities:
     """Built once per worker with its clients.
 
-    `handoff`, when given, starts the next message of an ordered lane as soon as its predecessor is recorded
-    delivered, from this process (no NOTIFY → dispatcher pass → start hop); without it, or when it fails, the
-    dispatcher is woken as before.
+    `handoff`, when given, starts the next delivery as soon as one is recorded delivered — the next message of its
+    ordered lane, or the next one its unordered destination's window now has room for — from this process (no
+    NOTIFY → dispatcher pass → start hop; the start may be eager); without it, or when it fails, the dispatcher is
+    woken.
     """
 
     def __init__(self, pool: asyncpg.Pool, store_cipher: Cipher, config: LifelineConfig,
                  mllp: MllpSender | None = None, http: httpx.AsyncClient | None = None,
-                 source: ConfigSource | None = None, handoff: LaneHandoff | None = None) -> None:
+                 source: ConfigSource | None = None, handoff: Handoff | None = None) -> None:
         self.pool = pool
         self.cipher = store_cipher
         self._config = config
@@ -221,12 +223,12 @@ class DeliveryActivities:
             raise ApplicationError(f"cannot render for {dest.kind}: {exc}", "render", type=ERR_RENDER_FAILED,
                                    non_retryable=True) from None
         duration = int((time.monotonic() - started) * 1000)
-        lane = await deliveries.record_success(self.pool, inp.org_id, inp.message_id, inp.destination, attempt,
-                                               answer[:1000], duration, row["received_at"],
-                                               notify=self.handoff is None)
-        if lane is not None and self.handoff is not None:
+        recorded = await deliveries.record_success(self.pool, inp.org_id, inp.message_id, inp.destination, attempt,
+                                                   answer[:1000], duration, row["received_at"],
+                                                   notify=self.handoff is None)
+        if recorded is not None and self.handoff is not None:
             # In the background: the successor's start must not lengthen this delivery's own workflow task.
-            task = asyncio.create_task(self._hand_off(inp.org_id, inp.destination, lane))
+            task = asyncio.create_task(self._hand_off(inp.org_id, inp.destination, recorded.lane))
             self._handoffs.add(task)
             task.add_done_callback(self._handoffs.discard)
         return DeliverActivityResult(attempts=attempt, peer_answer=answer[:200], latency_ms=duration)
@@ -250,13 +252,13 @@ class DeliveryActivities:
                 span.set_attribute("hl7.ack_code", _ack_code(answer))
             return answer
 
-    async def _hand_off(self, org_id: str, destination: str, lane: str) -> None:
+    async def _hand_off(self, org_id: str, destination: str, lane: str | None) -> None:
         assert self.handoff is not None
         try:
             if await self.handoff(org_id, destination, lane):
                 return
         except (OSError, RuntimeError, asyncpg.PostgresError, RPCError) as exc:
-            log.warning("lane hand-off for %s failed (%s); waking the dispatcher", destination, type(exc).__name__)
+            log.warning("hand-off for %s failed (%s); waking the dispatcher", destination, type(exc).__name__)
         with contextlib.suppress(OSError, asyncpg.PostgresError):
             await lanes.wake_dispatcher(self.pool)
 

@@ -190,7 +190,7 @@ class Engine:
             dispatcher.run(self.db_url, sweep, self._stop)))
         self._http, self._mllp = httpx.AsyncClient(), MllpSender()
         acts = DeliveryActivities(wpool, cipher, self.config, self._mllp, self._http,
-                                  handoff=dispatcher.start_lane_successor if self.fast else None)
+                                  handoff=dispatcher.start_next if self.fast else None)
         self._worker = build_worker(self.rig.client, self.task_queue, acts)
         self._tasks.append(asyncio.create_task(self._worker.run()))
 

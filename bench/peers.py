@@ -19,12 +19,15 @@ __all__ = ["ClosingPeer", "RecordingPeer"]
 @dataclass
 class RecordingPeer:
     """Answers AA (after `delay` seconds), keeping every arrival in order as (control id, PID-3.1) and when each
-    control id first arrived; a control id that arrives again is a duplicate."""
+    control id first arrived; a control id that arrives again is a duplicate. `peak` is the most messages it held
+    unanswered at once."""
 
     delay: float = 0.0
     arrivals: list[tuple[str, str]] = field(default_factory=list)
     at: dict[str, float] = field(default_factory=dict)  # control id -> monotonic time of its first arrival
     server: asyncio.Server | None = None
+    holding: int = 0
+    peak: int = 0
 
     @property
     def controls(self) -> list[str]:
@@ -40,8 +43,13 @@ class RecordingPeer:
             try:
                 while not writer.is_closing():
                     msg = await reader.readmessage()
-                    if self.delay:
-                        await asyncio.sleep(self.delay)
+                    self.holding += 1
+                    self.peak = max(self.peak, self.holding)
+                    try:
+                        if self.delay:
+                            await asyncio.sleep(self.delay)
+                    finally:
+                        self.holding -= 1
                     control = str(msg.segment("MSH")[10])
                     self.arrivals.append((control, str(msg.segment("PID")[3][0][0])))
                     self.at.setdefault(control, time.monotonic())

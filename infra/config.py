@@ -295,6 +295,9 @@ class Destination(_Model):
     sftp: SftpOut | None = None
     ordering: Ordering = "none"
     on_dead_letter: Literal["block", "skip"] = "block"
+    # Unordered deliveries of this destination started and not yet finished at once (retries included); the rest
+    # wait in the outbox and start as these finish. Ordered destinations run one delivery per lane instead.
+    max_in_flight: int = Field(default=64, ge=1, le=10_000)
     retry: Retry = Retry()
     breaker: CircuitBreaker = CircuitBreaker()
 

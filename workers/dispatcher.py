@@ -53,6 +53,9 @@ log = logging.getLogger("lifeline.dispatcher")
 # Starts in flight at once: a batch of 500 started all together times out RPCs on a busy server (eager starts
 # each carry a workflow task back), while a few dozen keep the server as busy as it can usefully be.
 START_CONCURRENCY = 50
+# Starts one hand-off may make: one per finished delivery keeps a window full; a few more refill it after a live
+# change that widened it without waiting for the dispatcher.
+HANDOFF_STARTS = 4
 
 K_CHANNEL = SearchAttributeKey.for_keyword(SA_CHANNEL)
 K_DESTINATION = SearchAttributeKey.for_keyword(SA_DESTINATION)
@@ -218,8 +221,10 @@ class Dispatcher:
 
     async def start_ready(self) -> int:
         blocking = [d.name for d in self.config.destinations if d.ordered and d.on_dead_letter == "block"]
+        # Every configured destination: an ordered one may still hold unordered deliveries routed before it was.
+        windows = [(d.org, d.name, d.max_in_flight) for d in self.config.destinations]
         async with system_tx(self.pool, "dispatch") as conn:
-            rows = await deliveries.claim_ready(conn, self.batch, blocking)
+            rows = await deliveries.claim_ready(conn, self.batch, blocking, windows)
             if not rows:
                 return 0
             gate = asyncio.Semaphore(START_CONCURRENCY)
@@ -248,22 +253,34 @@ class Dispatcher:
         with tracing.continued(row["trace_context"]):  # the workflow start joins the accept's trace
             return await start_delivery(self.client, queue, inp, row["workflow_id"], eager=self.eager)
 
-    async def start_lane_successor(self, org_id: str, destination: str, lane: str) -> bool:
-        """Start the next delivery of one ordered lane if it may start now (the worker's hand-off when a delivery
-        of the lane is recorded delivered); True when the lane needs nothing more from the dispatcher."""
+    async def start_next(self, org_id: str, destination: str, lane: str | None) -> bool:
+        """The worker's hand-off when a delivery is recorded finished: start the next delivery of its ordered lane,
+        or (lane None) of its destination's unordered window, if it may start now; True when nothing more is needed
+        from the dispatcher."""
         if self.source is not None:
             self.config = self.source.current
         dest = self.config.destination(destination)
         if dest is None:
             return False
         async with org_tx(self.pool, org_id) as conn:
-            row = await lanes.claim_next_in_lane(conn, org_id, destination, lane, dest.on_dead_letter == "block")
-            if row is None:
-                # Nothing to start, or the dispatcher holds the row right now (and starts it).
-                return True
-            await self._start(row)
-            await lanes.mark_started(conn, row["message_id"], row["destination"])
-        return True
+            if lane is None:
+                claimed = await deliveries.claim_unordered(conn, org_id, destination, dest.max_in_flight,
+                                                           HANDOFF_STARTS)
+                # None: a dispatcher pass holds the window (it counted before this delivery finished: wake it
+                # again); as many as asked: the window may have more room than one hand-off fills.
+                done = claimed is not None and len(claimed) < HANDOFF_STARTS
+                rows = claimed or []
+            else:
+                row = await lanes.claim_next_in_lane(conn, org_id, destination, lane,
+                                                     dest.on_dead_letter == "block")
+                # None: nothing to start, or the dispatcher holds the row right now (and starts it).
+                done, rows = True, [row] if row is not None else []
+            for row in rows:
+                await self._start(row)
+            if rows:
+                await deliveries.mark_started(conn, [r["message_id"] for r in rows],
+                                              [r["destination"] for r in rows])
+        return done
 
     async def run(self, database_url: str, sweep_seconds: float, stop: asyncio.Event) -> None:
         wake = asyncio.Event()

@@ -129,7 +129,7 @@ async def run_worker(settings: Settings, config: LifelineConfig) -> None:
                                 lane_key=settings.lane_hmac_key(), source=source, eager=True,
                                 ordered_task_queue=settings.ordered_task_queue)
         delivery = DeliveryActivities(pool, store_cipher, config, mllp, http, source=source,
-                                      handoff=dispatcher.start_lane_successor)
+                                      handoff=dispatcher.start_next)
         adapters = engine_adapters(config, http=http, pool=pool)
 
         async def client_provider() -> Client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,13 @@ if TYPE_CHECKING:
     import asyncpg
 
     from infra.store import Conn, Db
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A delivery recorded finished: its lane (None: unordered), for the hand-off to what may start next."""
+
+    lane: str | None
 
 # -- one delivery attempt (the `deliver` activity) -----------------------------------------------------------------
 
@@ -33,8 +41,9 @@ with a as (
     where message_id = $1 and destination = $2
     returning lane
 )
--- An ordered delivery wakes the dispatcher for its lane, unless the worker hands the lane on itself ($9 false).
-select lane, case when lane is not null and $9 then pg_notify($8, '') end as notified from d
+-- A finished delivery wakes the dispatcher (the next of its lane, or room in its destination's window), unless the
+-- worker hands on itself ($9 false).
+select lane, case when $9 then pg_notify($8, '') end as notified from d
 """
 
 _RECORD_FILTERED = """
@@ -44,7 +53,7 @@ with d as (
     where message_id = $1 and destination = $2
     returning lane
 )
-select case when lane is not null then pg_notify($4, '') end from d
+select pg_notify($4, '') from d
 """
 
 _RECORD_FAILURE = """
@@ -66,13 +75,13 @@ async def load_for_delivery(db: Db, org: str, message_id: str, destination: str)
 
 
 async def record_success(db: Db, org: str, message_id: str, destination: str, attempt: int, answer: str,
-                         duration_ms: int, received_at: datetime, *, notify: bool = True) -> str | None:
-    """The attempt row and the delivered state in one statement; returns the lane (None: unordered) and wakes the
-    dispatcher for it when ordered, unless `notify` is False (the worker hands the lane on itself)."""
+                         duration_ms: int, received_at: datetime, *, notify: bool = True) -> Recorded | None:
+    """The attempt row and the delivered state in one statement; returns where the delivery was (None: no such
+    delivery) and wakes the dispatcher, unless `notify` is False (the worker hands on itself)."""
     async with org_tx(db, org) as c:
         row = await c.fetchrow(_RECORD_SUCCESS, message_id, destination, org, attempt, answer, duration_ms,
                                received_at, OUTBOX_CHANNEL, notify)
-    return row["lane"] if row is not None else None
+    return Recorded(row["lane"]) if row is not None else None
 
 
 async def record_filtered(db: Db, org: str, message_id: str, destination: str, reason: str) -> None:
@@ -313,24 +322,77 @@ async def mark_dispatched(conn: Conn, message_ids: list[str], status: str) -> No
                        message_ids, status)
 
 
-_READY = """
+_READY_ORDERED = """
 select d.message_id, d.destination, d.org_id, d.workflow_id, m.channel, m.message_type, m.trace_context
 from deliveries d join messages m on m.id = d.message_id
-where d.status = 'pending' and d.replay_count = 0
+where d.status = 'pending' and d.lane is not null and d.replay_count = 0
   and not exists (select 1 from destination_state p where p.org_id = d.org_id
                   and p.destination = d.destination and p.paused)
-  and (d.lane is null or not exists (
+  and not exists (
       select 1 from deliveries e
       where e.destination = d.destination and e.lane = d.lane and e.seq < d.seq
         and (e.status in ('pending', 'started')
-             or (e.status = 'dead_lettered' and e.destination = any($2::text[])))))
+             or (e.status = 'dead_lettered' and e.destination = any($2::text[]))))
 order by d.seq limit $1 for update of d skip locked
 """
 
+# Unordered deliveries of each (org, destination, window) given, oldest first, as many as its window has room for:
+# the window minus its started unordered deliveries (retries and replays included).
+_READY_UNORDERED = """
+select x.* from unnest($1::text[], $2::text[], $3::int[]) as w(org_id, destination, size)
+cross join lateral (
+    select d.message_id, d.destination, d.org_id, d.workflow_id, m.channel, m.message_type, m.trace_context
+    from deliveries d join messages m on m.id = d.message_id
+    where d.org_id = w.org_id and d.destination = w.destination and d.status = 'pending' and d.lane is null
+      and d.replay_count = 0
+      and not exists (select 1 from destination_state p where p.org_id = d.org_id
+                      and p.destination = d.destination and p.paused)
+    order by d.seq
+    limit greatest(0, least($4::int, w.size - (
+        select count(*) from deliveries s where s.org_id = w.org_id and s.destination = w.destination
+          and s.status = 'started' and s.lane is null)))
+    for update of d skip locked
+) x
+"""
 
-async def claim_ready(conn: Conn, batch: int, blocking_destinations: list[str]) -> list[asyncpg.Record]:
-    """Pending deliveries that may start now: destination not paused, nothing ahead of them in their lane."""
-    return list(await conn.fetch(_READY, batch, blocking_destinations))
+
+_WINDOW_LOCK_CLASS = 0x57A7  # advisory lock namespace of delivery windows: (class, hashtext(org/destination))
+
+
+async def lock_windows(conn: Conn, windows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Of the (org, destination, max in flight) windows given, those this transaction now holds (a transaction
+    advisory lock each, not waited for): one claimer counts and fills a window at a time, so it is never
+    overfilled; a window held by another claimer is being filled by it."""
+    if not windows:
+        return []
+    orgs, names, sizes = (list(t) for t in zip(*windows, strict=True))
+    rows = await conn.fetch(
+        "select o, n, s from unnest($1::text[], $2::text[], $3::int[]) as w(o, n, s)"
+        " where pg_try_advisory_xact_lock($4, hashtext(o || '/' || n))", orgs, names, sizes, _WINDOW_LOCK_CLASS)
+    return [(r["o"], r["n"], r["s"]) for r in rows]
+
+
+async def claim_ready(conn: Conn, batch: int, blocking_destinations: list[str],
+                      windows: list[tuple[str, str, int]]) -> list[asyncpg.Record]:
+    """Pending deliveries that may start now (call inside a transaction; the rows stay locked): destination not
+    paused; ordered ones with nothing ahead of them in their lane (up to `batch`); unordered ones within their
+    destination's window, `windows` = (org, destination, max in flight), for the windows this transaction could
+    lock (up to `batch` per destination)."""
+    rows = list(await conn.fetch(_READY_ORDERED, batch, blocking_destinations))
+    held = await lock_windows(conn, windows)
+    if held:
+        orgs, names, sizes = (list(t) for t in zip(*held, strict=True))
+        rows += await conn.fetch(_READY_UNORDERED, orgs, names, sizes, batch)
+    return rows
+
+
+async def claim_unordered(conn: Conn, org_id: str, destination: str, window: int,
+                          limit: int) -> list[asyncpg.Record] | None:
+    """Up to `limit` unordered deliveries of one destination that its window has room for (the worker's hand-off
+    when one of them finishes), locked; None when another claimer holds the window right now."""
+    if not await lock_windows(conn, [(org_id, destination, window)]):
+        return None
+    return list(await conn.fetch(_READY_UNORDERED, [org_id], [destination], [window], limit))
 
 
 async def mark_started(conn: Conn, message_ids: list[str], destinations: list[str]) -> None:

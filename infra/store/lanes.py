@@ -33,11 +33,6 @@ async def claim_next_in_lane(conn: Conn, org_id: str, destination: str, lane: st
     return row
 
 
-async def mark_started(conn: Conn, message_id: str, destination: str) -> None:
-    await conn.execute("update deliveries set status = 'started', started_at = now()"
-                       " where message_id = $1 and destination = $2", message_id, destination)
-
-
 async def wake_dispatcher(db: Any) -> None:
     """NOTIFY the dispatchers (a lane hand-off that could not be done here)."""
     await db.execute("select pg_notify($1, '')", OUTBOX_CHANNEL)

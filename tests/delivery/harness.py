@@ -77,10 +77,10 @@ class Peer:
 
 def config_for(dest_port: int, *, ordering: Any = "none", retry: dict[str, Any] | None = None,
                extra_dests: list[dict[str, Any]] | None = None, routes: list[dict[str, Any]] | None = None,
-               on_dead_letter: str = "block") -> LifelineConfig:
+               on_dead_letter: str = "block", max_in_flight: int = 64) -> LifelineConfig:
     dests = [{"name": "lab", "mllp": {"host": "127.0.0.1", "port": dest_port, "ack_timeout": "5s",
                                       "connect_timeout": "2s"},
-              "ordering": ordering, "on_dead_letter": on_dead_letter,
+              "ordering": ordering, "on_dead_letter": on_dead_letter, "max_in_flight": max_in_flight,
               "retry": retry or {"initial_interval": "200ms", "backoff": 1.5, "maximum_interval": "1s",
                                  "maximum_attempts": 50}}]
     dests += extra_dests or []
@@ -107,6 +107,7 @@ class Engine:
     _mllp: MllpSender | None = None
     source: ConfigSource | None = None  # live configuration (versions in PostgreSQL); None: `config` as given
     app_pool: asyncpg.Pool | None = None
+    handoff: bool = True  # False: finished deliveries wake the dispatcher instead (a dispatcher in its own process)
 
     @property
     def mllp_port(self) -> int:
@@ -133,7 +134,7 @@ class Engine:
         assert self.app_pool is not None
         assert self.dispatcher is not None
         acts = DeliveryActivities(self.app_pool, self.store_cipher, self.config, self._mllp, self._http,
-                                  source=self.source, handoff=self.dispatcher.start_lane_successor)
+                                  source=self.source, handoff=self.dispatcher.start_next if self.handoff else None)
         self.worker = build_worker(self.client, self.task_queue, acts)
         self._tasks.append(asyncio.create_task(self.worker.run()))
 

@@ -55,7 +55,7 @@ async def test_an_ordered_lane_keeps_progressing_while_unordered_deliveries_satu
     dispatcher = Dispatcher(app_pool, temporal_client, config, store_cipher, task_queue,
                             ordered_task_queue=ordered_tq)
     http, mllp = httpx.AsyncClient(), MllpSender()
-    acts = DeliveryActivities(app_pool, store_cipher, config, mllp, http, handoff=dispatcher.start_lane_successor)
+    acts = DeliveryActivities(app_pool, store_cipher, config, mllp, http, handoff=dispatcher.start_next)
     # The shared worker is saturated by slow unordered sends (2 slots, each send 3 s: 30 s for all); the ordered
     # worker is not.
     shared = build_worker(temporal_client, task_queue, acts, **SATURATED)

@@ -42,6 +42,8 @@ def test_example_is_the_documented_contract() -> None:
          "channels[1].mllp.port", "also used by channel 'a'"),
         ({"destinations": [{**VALID_DEST, "webhook": {"url": "ftp://x", "secret": "s" * 20}}]},
          "destinations[0].webhook.url", "should match pattern '^https?://'"),
+        ({"destinations": [{**VALID_DEST, "max_in_flight": 0}]}, "destinations[0].max_in_flight",
+         "greater than or equal to 1"),
         ({"remediation": {"mode": "yolo"}}, "remediation.mode", "'manual', 'semi-auto' or 'full-auto'"),
         ({"channels": [{"name": "Bad Name"}]}, "channels[0].name", "should match pattern"),
         ({"surprise": 1}, "surprise", "Extra inputs are not permitted"),
