@@ -160,6 +160,8 @@ class Dispatcher:
             self.config = self.source.current
         versions = self.source.versions if self.source is not None else {}
         async with system_tx(self.pool, "dispatch") as conn:
+            if not await deliveries.lock_routing(conn):
+                return 0  # another dispatcher routes now (and routes these too)
             rows = await deliveries.claim_undispatched(conn, self.batch)
             if not rows:
                 return 0

@@ -293,6 +293,16 @@ async def destination_queues(db: Db, org_id: str, names: list[str]) -> tuple[lis
 
 # -- the dispatcher (runs in system_tx: the outbox spans every org) ------------------------------------------
 
+_ROUTING_LOCK_CLASS = 0x57A8  # advisory lock of routing: (class, 0)
+
+
+async def lock_routing(conn: Conn) -> bool:
+    """Become the one dispatcher that routes right now (a transaction advisory lock, not waited for; False: another
+    routes). With two routing at once, a patient's message n+1 could be routed and committed by one while n is still
+    being routed by the other, and a lane whose earlier delivery does not exist yet would start n+1 first."""
+    return bool(await conn.fetchval("select pg_try_advisory_xact_lock($1, 0)", _ROUTING_LOCK_CLASS))
+
+
 async def claim_undispatched(conn: Conn, batch: int) -> list[asyncpg.Record]:
     return list(await conn.fetch(
         "select id, seq, org_id, channel, message_type, sending_app, sending_facility, key_id, body_enc"
@@ -322,77 +332,79 @@ async def mark_dispatched(conn: Conn, message_ids: list[str], status: str) -> No
                        message_ids, status)
 
 
-_READY_ORDERED = """
-select d.message_id, d.destination, d.org_id, d.workflow_id, m.channel, m.message_type, m.trace_context
-from deliveries d join messages m on m.id = d.message_id
-where d.status = 'pending' and d.lane is not null and d.replay_count = 0
-  and not exists (select 1 from destination_state p where p.org_id = d.org_id
-                  and p.destination = d.destination and p.paused)
-  and not exists (
-      select 1 from deliveries e
-      where e.destination = d.destination and e.lane = d.lane and e.seq < d.seq
-        and (e.status in ('pending', 'started')
-             or (e.status = 'dead_lettered' and e.destination = any($2::text[]))))
-order by d.seq limit $1 for update of d skip locked
-"""
-
-# Unordered deliveries of each (org, destination, window) given, oldest first, as many as its window has room for:
-# the window minus its started unordered deliveries (retries and replays included).
-_READY_UNORDERED = """
-select x.* from unnest($1::text[], $2::text[], $3::int[]) as w(org_id, destination, size)
-cross join lateral (
-    select d.message_id, d.destination, d.org_id, d.workflow_id, m.channel, m.message_type, m.trace_context
-    from deliveries d join messages m on m.id = d.message_id
-    where d.org_id = w.org_id and d.destination = w.destination and d.status = 'pending' and d.lane is null
-      and d.replay_count = 0
-      and not exists (select 1 from destination_state p where p.org_id = d.org_id
-                      and p.destination = d.destination and p.paused)
-    order by d.seq
-    limit greatest(0, least($4::int, w.size - (
-        select count(*) from deliveries s where s.org_id = w.org_id and s.destination = w.destination
-          and s.status = 'started' and s.lane is null)))
-    for update of d skip locked
-) x
-"""
-
-
 _WINDOW_LOCK_CLASS = 0x57A7  # advisory lock namespace of delivery windows: (class, hashtext(org/destination))
 
+# The (org, destination, max in flight) windows given ($1, $2, $3), each with whether this transaction now holds it:
+# a transaction advisory lock, not waited for. One claimer counts and fills a window at a time, so it is never
+# overfilled; a window another claimer holds is being filled by it. Materialised: each lock is tried exactly once.
+_WINDOWS = f"""
+w as materialized (
+    select o, n, s, pg_try_advisory_xact_lock({_WINDOW_LOCK_CLASS}, hashtext(o || '/' || n)) as held
+    from unnest($1::text[], $2::text[], $3::int[]) as u(o, n, s))
+"""
 
-async def lock_windows(conn: Conn, windows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
-    """Of the (org, destination, max in flight) windows given, those this transaction now holds (a transaction
-    advisory lock each, not waited for): one claimer counts and fills a window at a time, so it is never
-    overfilled; a window held by another claimer is being filled by it."""
-    if not windows:
-        return []
-    orgs, names, sizes = (list(t) for t in zip(*windows, strict=True))
-    rows = await conn.fetch(
-        "select o, n, s from unnest($1::text[], $2::text[], $3::int[]) as w(o, n, s)"
-        " where pg_try_advisory_xact_lock($4, hashtext(o || '/' || n))", orgs, names, sizes, _WINDOW_LOCK_CLASS)
-    return [(r["o"], r["n"], r["s"]) for r in rows]
+# A held window's unordered deliveries, oldest first, as many as it has room for (at most $4): its size minus its
+# started unordered deliveries (retries and replays included).
+_IN_WINDOW = """
+select d.message_id, d.destination, d.org_id, d.workflow_id, m.channel, m.message_type, m.trace_context
+from deliveries d join messages m on m.id = d.message_id
+where w.held and d.org_id = w.o and d.destination = w.n and d.status = 'pending' and d.lane is null
+  and d.replay_count = 0
+  and not exists (select 1 from destination_state p where p.org_id = d.org_id
+                  and p.destination = d.destination and p.paused)
+order by d.seq
+limit greatest(0, least($4::int, w.s - (
+    select count(*) from deliveries s where s.org_id = w.o and s.destination = w.n
+      and s.status = 'started' and s.lane is null)))
+for update of d skip locked
+"""
+
+# What may start now, in one statement: ordered deliveries with nothing ahead of them in their lane (at most $4; $5
+# the destinations whose dead letters block their lanes), then the held windows' unordered ones.
+_READY = f"""
+with {_WINDOWS}, ordered as (
+    select d.message_id, d.destination, d.org_id, d.workflow_id, m.channel, m.message_type, m.trace_context
+    from deliveries d join messages m on m.id = d.message_id
+    where d.status = 'pending' and d.lane is not null and d.replay_count = 0
+      and not exists (select 1 from destination_state p where p.org_id = d.org_id
+                      and p.destination = d.destination and p.paused)
+      and not exists (
+          select 1 from deliveries e
+          where e.destination = d.destination and e.lane = d.lane and e.seq < d.seq
+            and (e.status in ('pending', 'started')
+                 or (e.status = 'dead_lettered' and e.destination = any($5::text[]))))
+    order by d.seq limit $4 for update of d skip locked
+), unordered as (
+    select x.* from w cross join lateral ({_IN_WINDOW}) x
+)
+select * from ordered union all select * from unordered
+"""
+
+# One window: a row per delivery claimed, or one row with no delivery (held tells whether the window was held).
+_READY_IN_ONE_WINDOW = f"""
+with {_WINDOWS}
+select w.held, x.* from w left join lateral ({_IN_WINDOW}) x on true
+"""
 
 
 async def claim_ready(conn: Conn, batch: int, blocking_destinations: list[str],
                       windows: list[tuple[str, str, int]]) -> list[asyncpg.Record]:
     """Pending deliveries that may start now (call inside a transaction; the rows stay locked): destination not
     paused; ordered ones with nothing ahead of them in their lane (up to `batch`); unordered ones within their
-    destination's window, `windows` = (org, destination, max in flight), for the windows this transaction could
-    lock (up to `batch` per destination)."""
-    rows = list(await conn.fetch(_READY_ORDERED, batch, blocking_destinations))
-    held = await lock_windows(conn, windows)
-    if held:
-        orgs, names, sizes = (list(t) for t in zip(*held, strict=True))
-        rows += await conn.fetch(_READY_UNORDERED, orgs, names, sizes, batch)
-    return rows
+    destination's window, `windows` = (org, destination, max in flight), for the windows no other claimer holds
+    (up to `batch` per destination)."""
+    orgs, names, sizes = (list(t) for t in zip(*windows, strict=True)) if windows else ([], [], [])
+    return list(await conn.fetch(_READY, orgs, names, sizes, batch, blocking_destinations))
 
 
 async def claim_unordered(conn: Conn, org_id: str, destination: str, window: int,
                           limit: int) -> list[asyncpg.Record] | None:
     """Up to `limit` unordered deliveries of one destination that its window has room for (the worker's hand-off
     when one of them finishes), locked; None when another claimer holds the window right now."""
-    if not await lock_windows(conn, [(org_id, destination, window)]):
+    rows = await conn.fetch(_READY_IN_ONE_WINDOW, [org_id], [destination], [window], limit)
+    if not rows[0]["held"]:
         return None
-    return list(await conn.fetch(_READY_UNORDERED, [org_id], [destination], [window], limit))
+    return [r for r in rows if r["message_id"] is not None]
 
 
 async def mark_started(conn: Conn, message_ids: list[str], destinations: list[str]) -> None:

@@ -86,18 +86,19 @@ async def _at_least(pool: asyncpg.Pool, sql: str, n: int) -> bool:
 
 
 async def test_one_claimer_fills_a_window_at_a_time(pool: asyncpg.Pool) -> None:
-    window = [("default", "lab-window-lock", 5)]
     first, second = await pool.acquire(), await pool.acquire()
     try:
         t1, t2 = first.transaction(), second.transaction()
         await t1.start()
         await t2.start()
-        assert await deliveries.lock_windows(first, window) == window
+        assert await deliveries.claim_unordered(first, "default", "lab-window-lock", 5, 4) == []
         # Held by the first: the second does not wait for it, it leaves the window to the first.
-        assert await deliveries.lock_windows(second, window) == []
         assert await deliveries.claim_unordered(second, "default", "lab-window-lock", 5, 4) is None
+        assert await deliveries.claim_ready(second, 10, [], [("default", "lab-window-lock", 5)]) == []
+        # Another destination's window is free.
+        assert await deliveries.claim_unordered(second, "default", "lab-window-other", 5, 4) == []
         await t1.commit()
-        assert await deliveries.lock_windows(second, window) == window
+        assert await deliveries.claim_unordered(second, "default", "lab-window-lock", 5, 4) == []
         await t2.rollback()
     finally:
         with contextlib.suppress(Exception):
