@@ -344,19 +344,22 @@ w as materialized (
 """
 
 # A held window's unordered deliveries, oldest first, as many as it has room for (at most $4): its size minus its
-# started unordered deliveries (retries and replays included).
+# started unordered deliveries (retries and replays included); none while the destination is paused. The rows are
+# claimed from `deliveries` alone in index order (deliveries_pending_unordered) and joined to their messages after:
+# joined first, the planner sorted the window's whole backlog for every claim (20 ms with 4,000 pending).
 _IN_WINDOW = """
-select d.message_id, d.destination, d.org_id, d.workflow_id, m.channel, m.message_type, m.trace_context
-from deliveries d join messages m on m.id = d.message_id
-where w.held and d.org_id = w.o and d.destination = w.n and d.status = 'pending' and d.lane is null
-  and d.replay_count = 0
-  and not exists (select 1 from destination_state p where p.org_id = d.org_id
-                  and p.destination = d.destination and p.paused)
-order by d.seq
-limit greatest(0, least($4::int, w.s - (
-    select count(*) from deliveries s where s.org_id = w.o and s.destination = w.n
-      and s.status = 'started' and s.lane is null)))
-for update of d skip locked
+select c.message_id, c.destination, c.org_id, c.workflow_id, m.channel, m.message_type, m.trace_context
+from (
+    select d.message_id, d.destination, d.org_id, d.workflow_id from deliveries d
+    where w.held and d.org_id = w.o and d.destination = w.n and d.status = 'pending' and d.lane is null
+      and d.replay_count = 0
+      and not exists (select 1 from destination_state p where p.org_id = w.o and p.destination = w.n and p.paused)
+    order by d.seq
+    limit greatest(0, least($4::int, w.s - (
+        select count(*) from deliveries s where s.org_id = w.o and s.destination = w.n
+          and s.status = 'started' and s.lane is null)))
+    for update of d skip locked
+) c join messages m on m.id = c.message_id
 """
 
 # What may start now, in one statement: ordered deliveries with nothing ahead of them in their lane (at most $4; $5

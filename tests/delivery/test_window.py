@@ -13,9 +13,12 @@ from temporalio.client import Client
 
 from bench.peers import RecordingPeer
 from infra.crypto import Cipher
+from infra.db import create_pool
 from infra.devstack import free_port
 from infra.store import deliveries
 from tests.delivery.harness import Engine, Peer, adt, config_for, running, send_mllp, wait_for
+from workers.dispatcher import Dispatcher
+from workers.listener import ChannelListener
 
 N = 15
 STATUS = "select status, count(*) from deliveries where destination = 'lab' group by status"
@@ -104,3 +107,28 @@ async def test_one_claimer_fills_a_window_at_a_time(pool: asyncpg.Pool) -> None:
         with contextlib.suppress(Exception):
             await pool.release(first)
             await pool.release(second)
+
+
+async def test_a_paused_destination_starts_nothing_from_its_window_until_resumed(
+        pool: asyncpg.Pool, temporal_client: Client, store_cipher: Cipher, task_queue: str, db_url: str) -> None:
+    config = config_for(9, max_in_flight=2)
+    app_pool = await create_pool(db_url, min_size=1, max_size=4, role="lifeline_app")
+    listener = ChannelListener(config.channels[0], app_pool, store_cipher)
+    await listener.start("127.0.0.1", 0)
+    try:
+        await deliveries.set_destination_paused(app_pool, "default", "lab", True, "test", "maintenance")
+        assert await send_mllp(listener.port, [adt(f"P{i}", f"MRN{i}") for i in range(3)]) == ["AA"] * 3
+        dispatcher = Dispatcher(app_pool, temporal_client, config, store_cipher, task_queue)
+        assert await dispatcher.route_batch() == 3
+        assert await dispatcher.start_ready() == 0
+        assert await _statuses(pool) == {"pending": 3}
+        await deliveries.set_destination_paused(app_pool, "default", "lab", False, "test", None)
+        # Resumed: the window's room (2) starts, oldest first; the third waits for one of them to finish.
+        assert await dispatcher.start_ready() == 2
+        started = await pool.fetch("select m.control_id from deliveries d join messages m on m.id = d.message_id"
+                                   " where d.destination = 'lab' and d.status = 'started' order by d.seq")
+        assert [r["control_id"] for r in started] == ["P0", "P1"]
+        assert await dispatcher.start_ready() == 0
+    finally:
+        await listener.close()
+        await app_pool.close()
