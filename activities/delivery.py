@@ -226,7 +226,7 @@ class DeliveryActivities:
         recorded = await deliveries.record_success(self.pool, inp.org_id, inp.message_id, inp.destination, attempt,
                                                    answer[:1000], duration, row["received_at"],
                                                    notify=self.handoff is None)
-        if recorded is not None and self.handoff is not None:
+        if recorded is not None and recorded.waiting and self.handoff is not None:
             # In the background: the successor's start must not lengthen this delivery's own workflow task.
             task = asyncio.create_task(self._hand_off(inp.org_id, inp.destination, recorded.lane))
             self._handoffs.add(task)

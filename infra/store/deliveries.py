@@ -17,9 +17,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Recorded:
-    """A delivery recorded finished: its lane (None: unordered), for the hand-off to what may start next."""
+    """A delivery recorded finished: its lane (None: unordered) and whether a delivery of the same lane (or, when
+    unordered, of the same destination's window) was pending then — else there is nothing to hand on."""
 
     lane: str | None
+    waiting: bool
+
 
 # -- one delivery attempt (the `deliver` activity) -----------------------------------------------------------------
 
@@ -42,8 +45,14 @@ with a as (
     returning lane
 )
 -- A finished delivery wakes the dispatcher (the next of its lane, or room in its destination's window), unless the
--- worker hands on itself ($9 false).
-select lane, case when $9 then pg_notify($8, '') end as notified from d
+-- worker hands on itself ($9 false) — which it need only do when something of the lane or window waits.
+select lane, case when $9 then pg_notify($8, '') end as notified,
+       case when d.lane is null
+            then exists (select 1 from deliveries w where w.org_id = $3 and w.destination = $2
+                         and w.status = 'pending' and w.lane is null)
+            else exists (select 1 from deliveries w where w.destination = $2 and w.lane = d.lane
+                         and w.status = 'pending') end as waiting
+from d
 """
 
 _RECORD_FILTERED = """
@@ -81,7 +90,7 @@ async def record_success(db: Db, org: str, message_id: str, destination: str, at
     async with org_tx(db, org) as c:
         row = await c.fetchrow(_RECORD_SUCCESS, message_id, destination, org, attempt, answer, duration_ms,
                                received_at, OUTBOX_CHANNEL, notify)
-    return Recorded(row["lane"]) if row is not None else None
+    return Recorded(row["lane"], row["waiting"]) if row is not None else None
 
 
 async def record_filtered(db: Db, org: str, message_id: str, destination: str, reason: str) -> None:

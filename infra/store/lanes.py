@@ -34,5 +34,5 @@ async def claim_next_in_lane(conn: Conn, org_id: str, destination: str, lane: st
 
 
 async def wake_dispatcher(db: Any) -> None:
-    """NOTIFY the dispatchers (a lane hand-off that could not be done here)."""
+    """NOTIFY the dispatchers (a hand-off that could not be done here)."""
     await db.execute("select pg_notify($1, '')", OUTBOX_CHANNEL)
